@@ -1,0 +1,203 @@
+"""Built-in segmentation models and loading of user models.
+
+This module imports only numpy and torch, so that a peer environment (for
+example TIAToolbox's) can import the very same models and weights.
+
+Every model maps a float batch ``(N, 3, h, w)`` (after :class:`Preprocess`)
+to per-class probabilities ``(N, C, ho, wo)``; built-ins take ``out_size`` and
+return the centred ``ho x wo`` window of their full-size prediction, so the
+output patch may be smaller than the input patch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+#: Mean RGB colours of the synthetic H&E palette (background, stroma, nuclei).
+#: ``harness.slides.synthetic`` draws its tissue around these, and the
+#: ``hne-colour`` model classifies pixels by the nearest of them.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "background": (242, 240, 245),
+    "stroma": (225, 140, 180),
+    "nuclei": (85, 50, 135),
+}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Explicit input scaling: ``(pixel * scale - mean) / std`` per channel."""
+
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if not self.scale > 0:
+            raise ValueError(f"preprocess scale must be > 0, got {self.scale}")
+        if any(not s > 0 for s in self.std):
+            raise ValueError(f"preprocess std must be > 0 per channel, got {self.std}")
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Turn a uint8 ``(N, h, w, 3)`` batch into float32 ``(N, 3, h, w)``."""
+        x = batch.permute(0, 3, 1, 2).to(torch.float32) * self.scale
+        if self.mean != (0.0, 0.0, 0.0) or self.std != (1.0, 1.0, 1.0):
+            mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)
+            std = torch.tensor(self.std, dtype=torch.float32, device=x.device)
+            x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        return x
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model ready to run: the module, its class names and its preprocessing."""
+
+    name: str
+    module: nn.Module
+    classes: tuple[str, ...]
+    preprocess: Preprocess = field(default_factory=Preprocess)
+
+
+def _centre_crop(x: torch.Tensor, out_size: tuple[int, int] | None) -> torch.Tensor:
+    if out_size is None:
+        return x
+    h, w = x.shape[-2:]
+    oh, ow = out_size
+    if oh > h or ow > w:
+        raise ValueError(f"output size {out_size} is larger than the input patch {(h, w)}")
+    top, left = (h - oh) // 2, (w - ow) // 2
+    return x[..., top : top + oh, left : left + ow]
+
+
+class Passthrough(nn.Module):
+    """Near-zero compute: each pixel's RGB share, ``(x + eps) / sum(x + eps)``.
+
+    Used to measure the harness machinery; the output still depends on every
+    input pixel, so merge errors show up in comparisons.
+    """
+
+    def __init__(self, out_size: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.out_size = out_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _centre_crop(x, self.out_size).clamp_min(0.0) + 1e-3
+        return x / x.sum(dim=1, keepdim=True)
+
+
+class TinyCNN(nn.Module):
+    """A seeded three-layer convolutional net (about 300 parameters)."""
+
+    def __init__(self, out_size: tuple[int, int] | None = None, seed: int = 0) -> None:
+        super().__init__()
+        self.out_size = out_size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.body = nn.Sequential(
+                nn.Conv2d(3, 8, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(8, 8, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(8, 3, 1),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(_centre_crop(self.body(x), self.out_size), dim=1)
+
+
+class HneColour(nn.Module):
+    """Nearest-palette-colour classifier that really segments synthetic H&E.
+
+    Logits are ``-k * |x - c|^2`` for each palette colour ``c``; the ``|x|^2``
+    term is shared by every class, so it is a 1x1 convolution plus softmax.
+    """
+
+    def __init__(self, out_size: tuple[int, int] | None = None, sharpness: float = 20.0) -> None:
+        super().__init__()
+        self.out_size = out_size
+        centres = torch.tensor(list(PALETTE.values()), dtype=torch.float32) / 255.0
+        self.head = nn.Conv2d(3, len(PALETTE), 1)
+        with torch.no_grad():
+            self.head.weight.copy_((2.0 * sharpness * centres).view(len(PALETTE), 3, 1, 1))
+            self.head.bias.copy_(-sharpness * (centres**2).sum(dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.head(_centre_crop(x, self.out_size)), dim=1)
+
+
+_BUILDERS: dict[str, Callable[[tuple[int, int] | None], nn.Module]] = {
+    "passthrough": Passthrough,
+    "tiny-cnn": TinyCNN,
+    "hne-colour": HneColour,
+}
+_CLASSES: dict[str, tuple[str, ...]] = {
+    "passthrough": ("red", "green", "blue"),
+    "tiny-cnn": ("class0", "class1", "class2"),
+    "hne-colour": tuple(PALETTE),
+}
+
+BUILTIN_MODELS: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def build_model(name: str, out_size: tuple[int, int] | None = None) -> ModelSpec:
+    """Build a built-in model by name, in eval mode."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; built-in models are {', '.join(BUILTIN_MODELS)}")
+    module = _BUILDERS[name](out_size).eval()
+    return ModelSpec(name=name, module=module, classes=_CLASSES[name])
+
+
+def load_model(
+    model: str | Path | nn.Module,
+    out_size: tuple[int, int] | None = None,
+    classes: tuple[str, ...] | None = None,
+    preprocess: Preprocess | None = None,
+) -> ModelSpec:
+    """Resolve a built-in name, a TorchScript file or an ``nn.Module`` to a spec.
+
+    User modules must already produce the configured output patch; class names
+    default to ``class0..`` and are filled in by :func:`probe` when unknown.
+    """
+    pre = preprocess or Preprocess()
+    if isinstance(model, nn.Module):
+        return ModelSpec("custom", model.eval(), classes or (), pre)
+    if str(model) in _BUILDERS:
+        spec = build_model(str(model), out_size)
+        return ModelSpec(spec.name, spec.module, classes or spec.classes, pre)
+    path = Path(model)
+    if not path.is_file():
+        raise ValueError(
+            f"model {str(model)!r} is neither a built-in ({', '.join(BUILTIN_MODELS)}) "
+            "nor an existing TorchScript file"
+        )
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # torch raises RuntimeError or pickle errors alike
+        raise ValueError(f"could not load TorchScript model {path}: {exc}") from exc
+    return ModelSpec(path.stem, module.eval(), classes or (), pre)
+
+
+def probe(spec: ModelSpec, patch: tuple[int, int], device: str = "cpu") -> tuple[int, int, int]:
+    """Run one white patch through the model and return its ``(C, ho, wo)``."""
+    white = torch.full((1, patch[0], patch[1], 3), 255, dtype=torch.uint8)
+    with torch.inference_mode():
+        out = spec.module.to(device)(spec.preprocess(white.to(device)))
+    if out.ndim != 4 or out.shape[0] != 1:
+        raise ValueError(
+            f"model output must be (N, C, h, w); a batch of 1 gave shape {tuple(out.shape)}"
+        )
+    c, ho, wo = (int(s) for s in out.shape[1:])
+    return c, ho, wo
+
+
+def seeded_probabilities(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Deterministic random probabilities (softmax over axis 1); for tests and benchmarks."""
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal(shape).astype(np.float32)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

@@ -1,0 +1,58 @@
+"""The ``Slide`` contract every reader implements, and helpers shared by readers.
+
+Coordinates
+-----------
+A *box* is ``(x, y, width, height)`` in level-0 pixels. ``read(box, mpp)``
+returns the region resampled to ``mpp`` microns per pixel, an ``(h, w, 3)``
+uint8 RGB array with ``h = round(height * slide.mpp / mpp)`` and likewise
+``w`` (see :func:`output_size`). Parts of the box outside the slide are
+padded with white (255, 255, 255), the colour of empty glass, so reads at
+the slide edge look like background to tissue detectors and models.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+Box = tuple[int, int, int, int]
+"""``(x, y, width, height)`` in level-0 pixels."""
+
+PAD_VALUE = 255
+"""Value used for pixels outside the slide (white glass)."""
+
+
+@runtime_checkable
+class Slide(Protocol):
+    """A whole-slide image that can be read region by region."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Level-0 ``(height, width)`` in pixels."""
+        ...
+
+    @property
+    def mpp(self) -> float:
+        """Microns per pixel at level 0."""
+        ...
+
+    @property
+    def downsamples(self) -> tuple[float, ...]:
+        """Downsample factor of each stored level relative to level 0 (first is 1.0)."""
+        ...
+
+    def read(self, box: Box, mpp: float | None = None) -> NDArray[np.uint8]:
+        """Read ``box`` (level-0 pixels) resampled to ``mpp`` (default: level 0)."""
+        ...
+
+
+def output_size(box: Box, slide_mpp: float, mpp: float | None) -> tuple[int, int]:
+    """Return ``(h, w)`` of the array that ``read(box, mpp)`` produces."""
+    _, _, width, height = box
+    if mpp is None:
+        return height, width
+    scale = slide_mpp / mpp
+    return max(1, round(height * scale)), max(1, round(width * scale))
