@@ -1,0 +1,62 @@
+"""Compare two segmentation outputs chunk by chunk (bounded memory)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.merge import NO_LABEL
+from harness.output import open_output
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How far apart two outputs are."""
+
+    shape: tuple[int, ...]
+    max_abs_diff: float  # over pixels both cover; NaN-vs-number counts as coverage mismatch
+    bitwise_equal: bool
+    coverage_mismatch_px: int  # pixels covered in one output and not the other
+    label_agreement: float  # share of pixels both cover with the same label
+
+    def within(self, atol: float) -> bool:
+        """Same coverage and probabilities within ``atol``."""
+        return self.coverage_mismatch_px == 0 and self.max_abs_diff <= atol
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record."""
+        return asdict(self)
+
+
+def compare_outputs(a: str | Path, b: str | Path, rows: int = 1024) -> Comparison:
+    """Compare the ``probabilities`` and ``labels`` of outputs ``a`` and ``b``."""
+    ga, gb = open_output(a), open_output(b)
+    pa, pb = ga["probabilities"], gb["probabilities"]
+    if pa.shape != pb.shape:
+        raise HarnessError(f"outputs differ in shape: {pa.shape} vs {pb.shape}")
+    worst, equal, mismatch, agree, both = 0.0, True, 0, 0, 0
+    for y in range(0, pa.shape[0], rows):
+        xa, xb = np.asarray(pa[y : y + rows]), np.asarray(pb[y : y + rows])
+        equal = equal and np.array_equal(xa, xb, equal_nan=True)
+        na, nb = np.isnan(xa), np.isnan(xb)
+        mismatch += int(np.count_nonzero(na != nb))
+        ok = ~(na | nb)
+        if ok.any():
+            worst = max(worst, float(np.abs(xa[ok].astype(np.float64) - xb[ok]).max()))
+        la, lb = np.asarray(ga["labels"][y : y + rows]), np.asarray(gb["labels"][y : y + rows])
+        covered = (la != NO_LABEL) & (lb != NO_LABEL)
+        both += int(np.count_nonzero(covered))
+        agree += int(np.count_nonzero(covered & (la == lb)))
+    return Comparison(
+        shape=tuple(pa.shape),
+        max_abs_diff=worst,
+        bitwise_equal=equal,
+        coverage_mismatch_px=mismatch,
+        label_agreement=agree / both if both else 1.0,
+    )

@@ -1,0 +1,112 @@
+"""Tissue masks: where patches are worth running.
+
+A mask is a 2-D boolean array covering the whole slide at any (low)
+resolution with the slide's aspect ratio. A patch runs when its *output* box
+touches at least one mask pixel. Masks come as an array, an image file (any
+non-zero pixel is tissue), or ``"auto"``: a coarse read of the slide, tissue
+where a pixel is saturated or dark (H&E on white glass), dilated by one pixel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from harness.errors import ConfigError
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from harness.slides.base import Slide
+
+MaskSpec = "str | Path | NDArray[np.bool_] | None"
+AUTO_SIDE = 1024  # longest side of the coarse read for "auto"
+SATURATION_MIN = 20  # max-min over RGB; glass is grey-white (< 10)
+BRIGHTNESS_MAX = 200  # mean RGB; glass is > 230
+
+
+def auto_mask(slide: Slide) -> NDArray[np.bool_]:
+    """Tissue mask from a coarse read of the whole slide."""
+    h, w = slide.shape
+    mpp = slide.mpp * max(1.0, max(h, w) / AUTO_SIDE)
+    rgb = slide.read((0, 0, w, h), mpp).astype(np.int16)
+    sat = rgb.max(axis=2) - rgb.min(axis=2)
+    tissue = (sat > SATURATION_MIN) | (rgb.mean(axis=2) < BRIGHTNESS_MAX)
+    return _dilate(tissue)
+
+
+def _dilate(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
+
+
+def load_mask_image(path: Path) -> NDArray[np.bool_]:
+    """Read a mask image; any non-zero pixel (in any channel) is tissue."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise ConfigError(f"mask file {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ConfigError(f"mask file {path} is not a readable image: {exc}") from exc
+    return arr.any(axis=2) if arr.ndim == 3 else arr != 0
+
+
+def resolve_mask(spec: object, slide: Slide) -> NDArray[np.bool_] | None:
+    """Turn ``None``/``"none"``, ``"auto"``, a path or an array into a checked mask."""
+    if spec is None or (isinstance(spec, str) and spec.lower() == "none"):
+        return None
+    if isinstance(spec, str) and spec.lower() == "auto":
+        mask = auto_mask(slide)
+    elif isinstance(spec, str | Path):
+        mask = load_mask_image(Path(spec))
+    else:
+        mask = np.asarray(spec)
+        if mask.dtype != np.bool_ and not np.isin(mask, (0, 1)).all():
+            raise ConfigError("a mask array must be boolean (or 0/1)")
+        mask = mask.astype(bool)
+    check_mask(mask, slide.shape)
+    return mask
+
+
+def check_mask(mask: NDArray[np.bool_], slide_shape: tuple[int, int]) -> None:
+    """Refuse masks that are not 2-D or whose aspect ratio differs from the slide's."""
+    if mask.ndim != 2 or min(mask.shape) < 1:
+        raise ConfigError(f"mask must be a 2-D image, got shape {mask.shape}")
+    (mh, mw), (h, w) = mask.shape, slide_shape
+    # One mask pixel of rounding on either side is allowed, plus 2 %.
+    tolerance = 0.02 + 1.0 / mh + 1.0 / mw
+    if abs((mw / mh) / (w / h) - 1.0) > tolerance:
+        raise ConfigError(
+            f"mask aspect ratio {mw}x{mh} (w x h) does not match the slide's {w}x{h}; "
+            "a mask must cover the whole slide"
+        )
+    if not mask.any():
+        raise ConfigError("mask has no tissue: every patch would be skipped")
+
+
+def patches_touching(
+    mask: NDArray[np.bool_],
+    origins: NDArray[np.int64],
+    out_hw: tuple[int, int],
+    out_shape: tuple[int, int],
+) -> NDArray[np.bool_]:
+    """For each output box, whether it touches a mask pixel (summed-area table, O(1) each)."""
+    mh, mw = mask.shape
+    table = np.zeros((mh + 1, mw + 1), dtype=np.int64)
+    table[1:, 1:] = mask.cumsum(axis=0).cumsum(axis=1)
+    y0, x0 = origins[:, 0], origins[:, 1]
+    y1 = np.minimum(y0 + out_hw[0], out_shape[0])
+    x1 = np.minimum(x0 + out_hw[1], out_shape[1])
+    my0, my1 = (y0 * mh) // out_shape[0], -((-y1 * mh) // out_shape[0])
+    mx0, mx1 = (x0 * mw) // out_shape[1], -((-x1 * mw) // out_shape[1])
+    inside = table[my1, mx1] - table[my0, mx1] - table[my1, mx0] + table[my0, mx0]
+    return np.asarray(inside > 0)

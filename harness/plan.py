@@ -1,0 +1,424 @@
+"""The patch plan: grid, tissue filtering, processing order and chunk bookkeeping.
+
+Everything the streaming merger needs to know is decided here, before any
+inference runs: which patches run and in what order, which output chunks each
+patch touches, how many patches touch each chunk (``expected``), and when each
+chunk is next used (the CSR table ``use_ptr``/``use_patch``), which makes
+optimal (furthest-next-use) eviction possible.
+
+Grid convention
+---------------
+Coordinates are output pixels at the processing resolution ``mpp``. Output
+patches start at ``0, s, 2s, ...`` along each axis until the slide is covered;
+the last one may extend past the slide edge, where the input is padded with
+white and the output is cropped. The output patch is centred in the input
+patch, so input boxes start ``(patch - output_patch) // 2`` before the output
+box (negative coordinates read as white padding).
+
+Order
+-----
+Column strips of ``strip_chunks`` chunk columns, raster order inside a strip.
+A patch whose output crosses a strip edge runs once in each strip it touches
+and adds only into that strip's chunks (halo patches), so every chunk
+receives its patches in raster order whatever the strip width: streaming
+results equal the one-strip dense reference bitwise, and strips never spill.
+When the whole slide width fits the budget there is one strip.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from harness.errors import ConfigError
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from harness.slides.base import Box
+
+Pair = tuple[int, int]
+Blend = Literal["mean", "gaussian"]
+Order = Literal["strips", "raster"]
+ACCUMULATOR_BYTES = 4  # float32 sums and float32 weights
+BAND_SHARE = 0.9  # share of the budget the raster band of a strip may use; rest is slack
+
+
+def _pair(value: int | Pair, name: str) -> Pair:
+    hw = (value, value) if isinstance(value, int) else tuple(value)
+    if len(hw) != 2 or any(not isinstance(v, int | np.integer) or v < 1 for v in hw):
+        raise ConfigError(f"{name} must be a positive integer or (height, width), got {value!r}")
+    return int(hw[0]), int(hw[1])
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """Patch geometry at the processing resolution; validated on construction.
+
+    Parameters
+    ----------
+    patch
+        Input patch ``(h, w)`` (or one int for square) fed to the model.
+    stride
+        Step between patch origins; must not exceed the output patch (gaps).
+    mpp
+        Processing resolution in microns per pixel; ``None`` means level 0.
+    output_patch
+        Model output patch, centred in the input patch; defaults to ``patch``.
+    chunk
+        Output chunk ``(h, w)``: the unit of merging, writing and eviction.
+    blend
+        ``"mean"`` averages overlapping outputs; ``"gaussian"`` weights each
+        output by a 2-D gaussian window of ``sigma`` x output patch size.
+    order
+        ``"strips"`` (default) sizes column strips to the budget and re-runs
+        halo patches, so nothing spills; ``"raster"`` runs every patch once in
+        raster order and spills partial chunks when the band does not fit
+        (worth it only when the model is far dearer than disk traffic).
+    """
+
+    patch: int | Pair = 256
+    stride: int | Pair = 128
+    mpp: float | None = 0.5
+    output_patch: int | Pair | None = None
+    chunk: int | Pair = 256
+    blend: Blend = "mean"
+    sigma: float = 0.25
+    order: Order = "strips"
+
+    def __post_init__(self) -> None:
+        patch = _pair(self.patch, "patch")
+        out = patch if self.output_patch is None else _pair(self.output_patch, "output_patch")
+        stride = _pair(self.stride, "stride")
+        chunk = _pair(self.chunk, "chunk")
+        if out[0] > patch[0] or out[1] > patch[1]:
+            raise ConfigError(f"output_patch {out} is larger than the input patch {patch}")
+        if stride[0] > out[0] or stride[1] > out[1]:
+            raise ConfigError(
+                f"stride {stride} is larger than the output patch {out}: it would leave "
+                "unsegmented gaps; use a stride of at most the output patch size"
+            )
+        if self.mpp is not None and not (math.isfinite(self.mpp) and self.mpp > 0):
+            raise ConfigError(f"mpp must be a positive number, got {self.mpp}")
+        if self.blend not in ("mean", "gaussian"):
+            raise ConfigError(f"blend must be 'mean' or 'gaussian', got {self.blend!r}")
+        if self.order not in ("strips", "raster"):
+            raise ConfigError(f"order must be 'strips' or 'raster', got {self.order!r}")
+        if not 0 < self.sigma <= 10:
+            raise ConfigError(f"sigma must be in (0, 10], got {self.sigma}")
+        for name, value in (("patch", patch), ("output_patch", out), ("stride", stride)):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "chunk", chunk)
+
+    @property
+    def patch_hw(self) -> Pair:
+        """Input patch ``(h, w)``."""
+        return _pair(self.patch, "patch")
+
+    @property
+    def out_hw(self) -> Pair:
+        """Output patch ``(h, w)``."""
+        return _pair(self.output_patch if self.output_patch is not None else self.patch, "out")
+
+    @property
+    def stride_hw(self) -> Pair:
+        """Stride ``(h, w)``."""
+        return _pair(self.stride, "stride")
+
+    @property
+    def chunk_hw(self) -> Pair:
+        """Output chunk ``(h, w)``."""
+        return _pair(self.chunk, "chunk")
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready parameters, as recorded in the output attributes."""
+        return {
+            "patch": list(self.patch_hw),
+            "output_patch": list(self.out_hw),
+            "stride": list(self.stride_hw),
+            "chunk": list(self.chunk_hw),
+            "mpp": self.mpp,
+            "blend": self.blend,
+            "sigma": self.sigma,
+            "order": self.order,
+        }
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """What a run will cost, stated before inference."""
+
+    patches: int
+    patch_runs: int
+    patches_masked_out: int
+    chunks_touched: int
+    chunk_grid: Pair
+    chunk_bytes: int
+    strips: int
+    budget_bytes: int
+    expected_peak_live_bytes: int
+    expected_spill_bytes: int
+
+    def __str__(self) -> str:
+        mib = 2**20
+        return (
+            f"{self.patches} patches ({self.patch_runs} runs with strip halos, "
+            f"{self.patches_masked_out} masked out), "
+            f"{self.chunks_touched}/{self.chunk_grid[0] * self.chunk_grid[1]} chunks touched, "
+            f"{self.strips} strip(s); budget {self.budget_bytes / mib:.1f} MiB, expected peak "
+            f"live {self.expected_peak_live_bytes / mib:.1f} MiB, expected spill "
+            f"{self.expected_spill_bytes / mib:.1f} MiB"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A fixed processing plan for one slide (see the module docstring)."""
+
+    config: PlanConfig
+    slide_shape: Pair
+    slide_mpp: float
+    out_shape: Pair
+    channels: int
+    origins: NDArray[np.int64]  # (n, 2) output-box origins (y, x), in processing order
+    pair_ptr: NDArray[np.int64]  # patch i touches chunks pair_chunk[pair_ptr[i]:pair_ptr[i+1]]
+    pair_chunk: NDArray[np.int64]
+    expected: NDArray[np.int32]  # per chunk id (row-major over the chunk grid)
+    use_ptr: NDArray[np.int64]  # chunk c is used by patches use_patch[use_ptr[c]:use_ptr[c+1]]
+    use_patch: NDArray[np.int64]
+    strip_chunks: int
+    patches_masked_out: int = 0
+    grid_id: NDArray[np.int64] | None = field(default=None, repr=False)  # entry -> kept patch
+    window: NDArray[np.float32] | None = field(default=None, repr=False)
+
+    @property
+    def n_patches(self) -> int:
+        """Number of patch runs, halo patches at strip edges counted once per strip."""
+        return int(self.origins.shape[0])
+
+    @property
+    def n_unique(self) -> int:
+        """Number of distinct grid patches that run."""
+        if self.grid_id is None or not len(self.grid_id):
+            return self.n_patches
+        return int(self.grid_id.max()) + 1
+
+    @property
+    def chunk_grid(self) -> Pair:
+        """Chunk rows and columns of the output."""
+        ch, cw = self.config.chunk_hw
+        return -(-self.out_shape[0] // ch), -(-self.out_shape[1] // cw)
+
+    @property
+    def scale(self) -> float:
+        """Level-0 pixels per output pixel."""
+        return (self.config.mpp or self.slide_mpp) / self.slide_mpp
+
+    def chunks_of(self, i: int) -> NDArray[np.int64]:
+        """Chunk ids touched by patch ``i``, row-major."""
+        return self.pair_chunk[self.pair_ptr[i] : self.pair_ptr[i + 1]]
+
+    def chunk_box(self, c: int) -> tuple[int, int, int, int]:
+        """``(y0, y1, x0, x1)`` of chunk ``c`` in output pixels, clipped to the output."""
+        ch, cw = self.config.chunk_hw
+        r, col = divmod(int(c), self.chunk_grid[1])
+        y0, x0 = r * ch, col * cw
+        return y0, min(y0 + ch, self.out_shape[0]), x0, min(x0 + cw, self.out_shape[1])
+
+    def chunk_nbytes(self, c: int) -> int:
+        """Accumulator bytes (sums for every channel + weights) of chunk ``c``."""
+        y0, y1, x0, x1 = self.chunk_box(c)
+        return (y1 - y0) * (x1 - x0) * (self.channels + 1) * ACCUMULATOR_BYTES
+
+    def input_box(self, i: int) -> Box:
+        """Level-0 box of patch ``i``'s input (may extend past the slide: padded)."""
+        (ph, pw), (oh, ow) = self.config.patch_hw, self.config.out_hw
+        y, x = (int(v) for v in self.origins[i])
+        f = self.scale
+        y_in, x_in = y - (ph - oh) // 2, x - (pw - ow) // 2
+        return (math.floor(x_in * f), math.floor(y_in * f), round(pw * f), round(ph * f))
+
+    def summary(self, budget: int) -> PlanSummary:
+        """Costs of running this plan under ``budget`` bytes (a dry run of the merger)."""
+        from harness.merge import ChunkLedger
+
+        ledger = ChunkLedger(self, budget, dry_run=True)
+        for i in range(self.n_patches):
+            for c in self.chunks_of(i):
+                ledger.touch(int(c), i)
+        rows, cols = self.chunk_grid
+        return PlanSummary(
+            patches=self.n_unique,
+            patch_runs=self.n_patches,
+            patches_masked_out=self.patches_masked_out,
+            chunks_touched=int(np.count_nonzero(self.expected)),
+            chunk_grid=(rows, cols),
+            chunk_bytes=self.chunk_nbytes(0),
+            strips=-(-cols // self.strip_chunks),
+            budget_bytes=budget,
+            expected_peak_live_bytes=ledger.peak_live_bytes,
+            expected_spill_bytes=ledger.spill_bytes,
+        )
+
+
+def output_shape(slide_shape: Pair, slide_mpp: float, mpp: float | None) -> Pair:
+    """Output ``(height, width)`` at the processing resolution (partial pixels round up)."""
+    if mpp is None:
+        return slide_shape
+    f = slide_mpp / mpp
+    return tuple(max(1, math.ceil(s * f - 1e-9)) for s in slide_shape)  # type: ignore[return-value]
+
+
+def grid_origins(out_shape: Pair, out_hw: Pair, stride_hw: Pair) -> NDArray[np.int64]:
+    """Raster-order output origins ``(y, x)`` covering ``out_shape`` (see module docstring)."""
+    axes = []
+    for size, patch, step in zip(out_shape, out_hw, stride_hw, strict=True):
+        n = 1 if size <= patch else -(-(size - patch) // step) + 1
+        axes.append(np.arange(n, dtype=np.int64) * step)
+    ys, xs = np.meshgrid(axes[0], axes[1], indexing="ij")
+    return np.stack([ys.ravel(), xs.ravel()], axis=1)
+
+
+def chunk_span(config: PlanConfig) -> Pair:
+    """Most chunk rows and columns one output patch can touch."""
+    (oh, ow), (ch, cw) = config.out_hw, config.chunk_hw
+    return -(-(oh - 1) // ch) + 1, -(-(ow - 1) // cw) + 1
+
+
+def min_budget(config: PlanConfig, channels: int) -> int:
+    """Smallest budget that holds every chunk one patch touches at once."""
+    rows, cols = chunk_span(config)
+    ch, cw = config.chunk_hw
+    return rows * cols * ch * cw * (channels + 1) * ACCUMULATOR_BYTES
+
+
+def strip_chunks_for(config: PlanConfig, out_shape: Pair, channels: int, budget: int) -> int:
+    """Widest strip (in chunk columns) whose raster band fits ``BAND_SHARE`` of the budget."""
+    rows = chunk_span(config)[0]
+    ch, cw = config.chunk_hw
+    ncols = -(-out_shape[1] // cw)
+    # Inside a strip, the live band is at most `rows` chunk rows of the strip's width.
+    column_bytes = rows * ch * cw * (channels + 1) * ACCUMULATOR_BYTES
+    return max(1, min(ncols, int(budget * BAND_SHARE // column_bytes)))
+
+
+def _strip_entries(
+    origins: NDArray[np.int64], config: PlanConfig, out_shape: Pair, strip: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """Split patches by strip: (entry origins, strip-clipped chunk column ranges, grid ids).
+
+    A patch whose output crosses a strip edge gets one entry per strip, each
+    touching only that strip's chunks (the halo patch runs twice), so every
+    chunk sees its patches in raster order whatever the strip width.
+    """
+    ow, cw = config.out_hw[1], config.chunk_hw[1]
+    x0 = origins[:, 1]
+    c0 = x0 // cw
+    c1 = (np.minimum(x0 + ow, out_shape[1]) - 1) // cw
+    s0, s1 = c0 // strip, c1 // strip
+    copies = s1 - s0 + 1
+    grid_id = np.repeat(np.arange(len(origins), dtype=np.int64), copies)
+    first = np.repeat(np.cumsum(copies) - copies, copies)
+    s = np.repeat(s0, copies) + np.arange(len(grid_id), dtype=np.int64) - first
+    lo = np.maximum(c0[grid_id], s * strip)
+    hi = np.minimum(c1[grid_id], (s + 1) * strip - 1)
+    order = np.lexsort((origins[grid_id, 1], origins[grid_id, 0], s))
+    return origins[grid_id[order]], lo[order], hi[order], grid_id[order]
+
+
+def _pairs(
+    origins: NDArray[np.int64],
+    cols: tuple[NDArray[np.int64], NDArray[np.int64]],
+    config: PlanConfig,
+    out_shape: Pair,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """CSR of the chunks each entry touches (row-major within an entry)."""
+    oh, ch = config.out_hw[0], config.chunk_hw[0]
+    ncols = -(-out_shape[1] // config.chunk_hw[1])
+    y0 = origins[:, 0]
+    r0, c0 = y0 // ch, cols[0]
+    nr = (np.minimum(y0 + oh, out_shape[0]) - 1) // ch - r0 + 1
+    nc = cols[1] - c0 + 1
+    counts = nr * nc
+    ptr = np.zeros(len(origins) + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    local = np.arange(ptr[-1], dtype=np.int64) - np.repeat(ptr[:-1], counts)
+    ncr = np.repeat(nc, counts)
+    chunk = (np.repeat(r0, counts) + local // ncr) * ncols + np.repeat(c0, counts) + local % ncr
+    return ptr, chunk
+
+
+def _uses(
+    pair_ptr: NDArray[np.int64], pair_chunk: NDArray[np.int64], n_chunks: int
+) -> tuple[NDArray[np.int32], NDArray[np.int64], NDArray[np.int64]]:
+    """Per-chunk patch counts and the CSR of patches using each chunk, in order."""
+    pair_patch = np.repeat(np.arange(len(pair_ptr) - 1, dtype=np.int64), np.diff(pair_ptr))
+    perm = np.argsort(pair_chunk, kind="stable")
+    expected = np.bincount(pair_chunk, minlength=n_chunks).astype(np.int32)
+    use_ptr = np.zeros(n_chunks + 1, dtype=np.int64)
+    np.cumsum(expected, out=use_ptr[1:])
+    return expected, use_ptr, pair_patch[perm]
+
+
+def gaussian_window(out_hw: Pair, sigma: float) -> NDArray[np.float32]:
+    """Separable 2-D gaussian weights, ``sigma`` a fraction of each side, peak 1."""
+    axes = []
+    for n in out_hw:
+        t = (np.arange(n, dtype=np.float64) - (n - 1) / 2) / (sigma * n)
+        axes.append(np.exp(-0.5 * t * t))
+    return np.outer(axes[0], axes[1]).astype(np.float32)
+
+
+def make_plan(
+    slide_shape: Pair,
+    slide_mpp: float,
+    config: PlanConfig,
+    channels: int,
+    budget: int,
+    keep: NDArray[np.bool_] | None = None,
+    strips: bool = True,
+) -> Plan:
+    """Build the plan; ``keep`` (from :mod:`harness.mask`) selects raster-order patches.
+
+    ``strips=False`` forces one strip (plain raster order, no halo entries),
+    as the dense reference uses; per chunk, the additions are the same.
+    """
+    if budget < (need := min_budget(config, channels)):
+        raise ConfigError(
+            f"budget {budget} bytes is below the {need} bytes that the chunks one patch touches "
+            f"need ({config.chunk_hw} chunks x {channels} classes); raise the budget or use a "
+            "smaller chunk"
+        )
+    out_shape = output_shape(slide_shape, slide_mpp, config.mpp)
+    origins = grid_origins(out_shape, config.out_hw, config.stride_hw)
+    n_all = len(origins)
+    if keep is not None:
+        origins = origins[keep]
+    n_kept = len(origins)
+    grid = (-(-out_shape[0] // config.chunk_hw[0]), -(-out_shape[1] // config.chunk_hw[1]))
+    one_strip = not strips or config.order == "raster"
+    strip = grid[1] if one_strip else strip_chunks_for(config, out_shape, channels, budget)
+    origins, lo, hi, grid_id = _strip_entries(origins, config, out_shape, strip)
+    pair_ptr, pair_chunk = _pairs(origins, (lo, hi), config, out_shape)
+    expected, use_ptr, use_patch = _uses(pair_ptr, pair_chunk, grid[0] * grid[1])
+    window = gaussian_window(config.out_hw, config.sigma) if config.blend == "gaussian" else None
+    return Plan(
+        config=config,
+        slide_shape=slide_shape,
+        slide_mpp=slide_mpp,
+        out_shape=out_shape,
+        channels=channels,
+        origins=origins,
+        pair_ptr=pair_ptr,
+        pair_chunk=pair_chunk,
+        expected=expected,
+        use_ptr=use_ptr,
+        use_patch=use_patch,
+        strip_chunks=strip,
+        patches_masked_out=n_all - n_kept,
+        grid_id=grid_id,
+        window=window,
+    )

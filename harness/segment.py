@@ -1,0 +1,229 @@
+"""Orchestration: slide -> plan -> loader -> model -> merger -> zarr output."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from harness.errors import ConfigError, HarnessError
+from harness.loader import make_loader
+from harness.mask import patches_touching, resolve_mask
+from harness.merge import DenseMerger, Merger, StreamingMerger
+from harness.models import ModelSpec, load_model, probe
+from harness.output import OutputWriter
+from harness.plan import Plan, PlanConfig, grid_origins, make_plan, output_shape
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+    from torch import nn
+
+    from harness.slides.base import Slide
+
+Engine = Literal["streaming", "dense"]
+DEFAULT_BUDGET = 256 * 2**20
+BASELINE_ENV = "WSI_HARNESS_BASELINE_FILE"
+
+
+class ModelOutputError(HarnessError):
+    """The model produced output the plan cannot use."""
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """What one segmentation run did (``to_dict`` is the CLI's ``--json`` record)."""
+
+    output: str
+    engine: str
+    model: str
+    patches: int
+    patch_runs: int  # patches plus halo re-runs at strip edges
+    patches_masked_out: int
+    chunks_written: int
+    peak_live_bytes: int
+    spill_bytes: int
+    reload_bytes: int
+    budget_bytes: int
+    wall_s: float
+    slide_shape: tuple[int, int]
+    out_shape: tuple[int, int]
+    megapixels_per_s: float  # output (processing-resolution) pixels per wall second
+    phases: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record."""
+        return asdict(self)
+
+
+def _write_baseline() -> None:
+    """Tell a measuring parent our RSS after imports and model load (see harness.measure)."""
+    target = os.environ.get(BASELINE_ENV)
+    if target:
+        import psutil
+
+        rss = psutil.Process().memory_info().rss
+        Path(target).write_text(json.dumps({"rss_bytes": rss, "time": time.time()}))
+
+
+def _prepare_model(spec: ModelSpec, config: PlanConfig, device: str) -> int:
+    """Move the model to ``device``, check its output patch, return its channel count."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available here")
+    spec.module.to(device)
+    try:
+        channels, ho, wo = probe(spec, config.patch_hw, device)
+    except ValueError as exc:
+        raise ModelOutputError(f"model {spec.name}: {exc}") from exc
+    if (ho, wo) != config.out_hw:
+        raise ModelOutputError(
+            f"model {spec.name} outputs {ho}x{wo} patches for {config.patch_hw} inputs, but the "
+            f"plan expects output_patch {config.out_hw}; set output_patch to match the model"
+        )
+    if spec.classes and len(spec.classes) != channels:
+        raise ModelOutputError(
+            f"model {spec.name} outputs {channels} channels but has {len(spec.classes)} classes"
+        )
+    return channels
+
+
+def _infer(spec: ModelSpec, batch: torch.Tensor, plan: Plan, device: str) -> NDArray[np.float32]:
+    """Run one batch and check its shape and values."""
+    with torch.inference_mode():
+        y = spec.module(spec.preprocess(batch.to(device, non_blocking=True)))
+    expected = (batch.shape[0], plan.channels, *plan.config.out_hw)
+    if tuple(y.shape) != expected:
+        raise ModelOutputError(f"model {spec.name} returned {tuple(y.shape)}, expected {expected}")
+    y = y.to(torch.float32)
+    if not bool(torch.isfinite(y).all()):
+        raise ModelOutputError(f"model {spec.name} returned NaN or inf probabilities")
+    return np.asarray(y.cpu().numpy(), dtype=np.float32)
+
+
+def build_plan(
+    slide: Slide,
+    config: PlanConfig,
+    channels: int,
+    budget: int,
+    mask: object = None,
+    engine: Engine = "streaming",
+) -> Plan:
+    """Plan a slide: grid, tissue filtering, order, chunk bookkeeping.
+
+    The dense engine gets one strip: it needs no bound, and halo patches
+    would be added twice into its whole canvas.
+    """
+    keep = None
+    tissue = resolve_mask(mask, slide)
+    if tissue is not None:
+        out_shape = output_shape(slide.shape, slide.mpp, config.mpp)
+        origins = grid_origins(out_shape, config.out_hw, config.stride_hw)
+        keep = patches_touching(tissue, origins, config.out_hw, out_shape)
+    return make_plan(
+        slide.shape, slide.mpp, config, channels, budget, keep, strips=engine == "streaming"
+    )
+
+
+def _merge_all(
+    spec: ModelSpec, slide: Slide, plan: Plan, merger: Merger, opts: dict[str, Any]
+) -> None:
+    """The main loop: batches in plan order through the model into the merger."""
+    device = opts["device"]
+    loader = make_loader(slide, plan, opts["batch_size"], opts["workers"], device != "cpu")
+    bar = tqdm(total=plan.n_patches, unit="patch", disable=not opts["progress"], smoothing=0.1)
+    with bar:
+        for batch, indices in loader:
+            merger.add(_infer(spec, batch, plan, device), indices.numpy())
+            bar.update(len(indices))
+            bar.set_postfix(live=f"{merger.live_bytes / 2**20:.0f}MiB", refresh=False)
+
+
+def segment(
+    slide: Slide | str | Path,
+    model: str | Path | nn.Module | ModelSpec = "passthrough",
+    config: PlanConfig | None = None,
+    out: str | Path = "out.zarr",
+    *,
+    engine: Engine = "streaming",
+    budget: int = DEFAULT_BUDGET,
+    mask: object = None,
+    batch_size: int = 16,
+    workers: int = 0,
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+    dtype: str = "float32",
+    spill_dir: str | Path | None = None,
+) -> SegmentResult:
+    """Segment ``slide`` with ``model`` into the zarr group ``out``.
+
+    ``engine="streaming"`` holds at most ``budget`` bytes of merge buffers;
+    ``"dense"`` is the whole-canvas reference. ``mask`` is ``None``,
+    ``"auto"``, an image path or a boolean array (see :mod:`harness.mask`).
+    """
+    t0 = time.time()
+    if engine not in ("streaming", "dense"):
+        raise ConfigError(f"engine must be 'streaming' or 'dense', got {engine!r}")
+    if isinstance(slide, str | Path):
+        from harness.slides import open_slide
+
+        slide = open_slide(slide)
+    config = config or PlanConfig()
+    spec = model if isinstance(model, ModelSpec) else _load(model, config)
+    channels = _prepare_model(spec, config, device)
+    _write_baseline()
+    t_plan = time.time()
+    plan = build_plan(slide, config, channels, budget, mask, engine)
+    classes = spec.classes or tuple(f"class{k}" for k in range(channels))
+    writer = OutputWriter(out, plan, _meta(slide, plan, spec, classes, engine), dtype, overwrite)
+    merger: Merger = (
+        StreamingMerger(plan, writer, budget, spill_dir)
+        if engine == "streaming"
+        else DenseMerger(plan, writer)
+    )
+    t_inf = time.time()
+    opts = {"device": device, "batch_size": batch_size, "workers": workers, "progress": progress}
+    try:
+        _merge_all(spec, slide, plan, merger, opts)
+        t_fin = time.time()
+        stats = merger.finish()
+    finally:
+        merger.close()
+    writer.mark_complete({"chunks_written": stats.chunks_written})
+    t1 = time.time()
+    return SegmentResult(
+        output=str(out), engine=engine, model=spec.name, patches=plan.n_unique,
+        patch_runs=plan.n_patches, patches_masked_out=plan.patches_masked_out, chunks_written=stats.chunks_written,
+        peak_live_bytes=stats.peak_live_bytes, spill_bytes=stats.spill_bytes,
+        reload_bytes=stats.reload_bytes, budget_bytes=budget, wall_s=t1 - t0,
+        slide_shape=slide.shape, out_shape=plan.out_shape,
+        megapixels_per_s=plan.out_shape[0] * plan.out_shape[1] / 1e6 / max(t1 - t0, 1e-9),
+        phases={"plan": (t_plan, t_inf), "inference": (t_inf, t_fin), "finalise": (t_fin, t1)},
+    )  # fmt: skip
+
+
+def _load(model: str | Path | nn.Module, config: PlanConfig) -> ModelSpec:
+    try:
+        return load_model(model, out_size=config.out_hw)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _meta(
+    slide: Slide, plan: Plan, spec: ModelSpec, classes: tuple[str, ...], engine: str
+) -> dict[str, Any]:
+    return {
+        "mpp": plan.config.mpp or slide.mpp,
+        "classes": list(classes),
+        "model": spec.name,
+        "engine": engine,
+        "plan": plan.config.to_dict(),
+        "slide": {"shape": list(slide.shape), "mpp": slide.mpp, "type": type(slide).__name__},
+        "uncovered": "probabilities NaN, labels 255",
+    }

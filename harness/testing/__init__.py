@@ -1,0 +1,1 @@
+"""Test support shipped with the package: hypothesis strategies and in-memory sinks."""
