@@ -12,6 +12,7 @@ output patch may be smaller than the input patch.
 from __future__ import annotations
 
 from collections.abc import Callable
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,7 +159,10 @@ def load_model(
     classes: tuple[str, ...] | None = None,
     preprocess: Preprocess | None = None,
 ) -> ModelSpec:
-    """Resolve a built-in name, a TorchScript file or an ``nn.Module`` to a spec.
+    """Resolve a built-in name, a model file or an ``nn.Module`` to a spec.
+
+    Model files are ``torch.export`` programs (``.pt2``, the format torch now
+    recommends) or TorchScript archives (any other suffix).
 
     User modules must already produce the configured output patch; class names
     default to ``class0..`` and are filled in by :func:`probe` when unknown.
@@ -173,13 +177,25 @@ def load_model(
     if not path.is_file():
         raise ValueError(
             f"model {str(model)!r} is neither a built-in ({', '.join(BUILTIN_MODELS)}) "
-            "nor an existing TorchScript file"
+            "nor an existing model file (torch.export .pt2 or TorchScript)"
         )
+    module = _load_file(path)
+    return ModelSpec(path.stem, module, classes or (), pre)
+
+
+def _load_file(path: Path) -> nn.Module:
+    """Load a ``torch.export`` program (``.pt2``) or a TorchScript file (anything else)."""
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:  # torch raises RuntimeError or pickle errors alike
-        raise ValueError(f"could not load TorchScript model {path}: {exc}") from exc
-    return ModelSpec(path.stem, module.eval(), classes or (), pre)
+        if path.suffix == ".pt2":
+            # Exported programs are traced in eval mode and refuse .eval() itself.
+            return torch.export.load(str(path)).module()
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates TorchScript; users' existing archives must still load.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loaded: nn.Module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+        return loaded.eval()
+    except Exception as exc:  # torch raises RuntimeError, pickle or zip errors alike
+        raise ValueError(f"could not load model file {path}: {exc}") from exc
 
 
 def probe(spec: ModelSpec, patch: tuple[int, int], device: str = "cpu") -> tuple[int, int, int]:

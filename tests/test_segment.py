@@ -1,0 +1,171 @@
+"""End-to-end segmentation into zarr: equality, errors, interruption, masks, workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from harness.compare import compare_outputs
+from harness.errors import ConfigError
+from harness.merge import NO_LABEL
+from harness.output import OutputError, open_output
+from harness.plan import PlanConfig, min_budget
+from harness.segment import ModelOutputError, segment
+
+CFG = PlanConfig(patch=48, output_patch=32, stride=16, chunk=32, mpp=0.5)
+
+
+def _run(slide, out: Path, **kw):
+    kw.setdefault("progress", False)
+    return segment(slide, kw.pop("model", "passthrough"), kw.pop("config", CFG), out, **kw)
+
+
+@pytest.mark.parametrize("model", ["passthrough", "tiny-cnn", "hne-colour"])
+@pytest.mark.parametrize(
+    "budget_factor", [pytest.param(1, id="tightest"), pytest.param(1000, id="all-fits")]
+)
+@pytest.mark.parametrize("order", ["strips", "raster"])
+def test_streaming_output_equals_dense_bitwise(noise_slide, tmp_path, model, budget_factor, order):
+    # GIVEN a budget from the minimum to 'everything fits'
+    cfg = PlanConfig(patch=48, output_patch=32, stride=16, chunk=32, mpp=0.5, order=order)
+    budget = min_budget(cfg, 3) * budget_factor
+    # WHEN both engines segment the same slide
+    s = _run(noise_slide, tmp_path / "s.zarr", model=model, config=cfg, budget=budget)
+    d = _run(noise_slide, tmp_path / "d.zarr", model=model, config=cfg, engine="dense")
+    # THEN the outputs are bitwise equal and the budget held
+    cmp = compare_outputs(s.output, d.output)
+    assert cmp.bitwise_equal and cmp.coverage_mismatch_px == 0
+    assert s.peak_live_bytes <= budget
+    assert s.chunks_written == d.chunks_written
+
+
+def test_output_layout_and_attributes(noise_slide, tmp_path) -> None:
+    result = _run(noise_slide, tmp_path / "o.zarr", model="hne-colour")
+    group = open_output(result.output)
+    meta = group.attrs["wsi_harness"]
+    assert group["probabilities"].shape == (300, 420, 3)
+    assert group["probabilities"].chunks == (32, 32, 3)
+    assert group["labels"].dtype == np.uint8
+    assert meta["complete"] is True
+    assert meta["classes"] == ["background", "stroma", "nuclei"]
+    assert meta["plan"]["stride"] == [16, 16] and meta["mpp"] == 0.5
+    assert meta["model"] == "hne-colour" and "version" in meta
+    probs = group["probabilities"][:]
+    assert np.allclose(probs.sum(axis=2), 1.0, atol=1e-5)
+
+
+def test_masked_background_is_never_written(noise_slide, tmp_path) -> None:
+    # GIVEN a mask with tissue only in the top-left corner
+    mask = np.zeros((30, 42), bool)
+    mask[:3, :4] = True
+    # WHEN segmenting with it
+    result = _run(noise_slide, tmp_path / "m.zarr", mask=mask)
+    # THEN far chunks are absent from the store and read as NaN / no-label
+    group = open_output(result.output)
+    chunk_files = list(Path(result.output, "labels", "c").rglob("*"))
+    assert 0 < len([f for f in chunk_files if f.is_file()]) < 10
+    assert np.isnan(group["probabilities"][200:, 300:]).all()
+    assert (group["labels"][200:, 300:] == NO_LABEL).all()
+    assert result.patches_masked_out > 0
+
+
+def test_workers_give_the_same_output(noise_slide, tmp_path) -> None:
+    a = _run(noise_slide, tmp_path / "a.zarr", workers=0)
+    b = _run(noise_slide, tmp_path / "b.zarr", workers=2)
+    assert compare_outputs(a.output, b.output).bitwise_equal
+
+
+def test_existing_output_is_refused_then_replaced(noise_slide, tmp_path) -> None:
+    out = tmp_path / "o.zarr"
+    _run(noise_slide, out)
+    with pytest.raises(OutputError, match="--overwrite"):
+        _run(noise_slide, out)
+    assert _run(noise_slide, out, overwrite=True).chunks_written > 0
+
+
+def test_a_folder_that_is_not_zarr_is_never_deleted(noise_slide, tmp_path) -> None:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("x")
+    with pytest.raises(OutputError, match="not a zarr store"):
+        _run(noise_slide, precious, overwrite=True)
+    assert (precious / "thesis.tex").exists()
+
+
+class _Broken(torch.nn.Module):
+    """Correct for the probe (batch of 1), then fails as configured."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.full((x.shape[0], 3, 32, 32), 1 / 3)
+        if x.shape[0] > 1 and self.mode == "nan":
+            out[0, 0, 0, 0] = float("nan")
+        if x.shape[0] > 1 and self.mode == "shape":
+            out = out[:, :2]
+        if x.shape[0] > 1 and self.mode == "interrupt":
+            raise KeyboardInterrupt
+        return out
+
+
+@pytest.mark.parametrize(
+    ("mode", "error"),
+    [
+        pytest.param("nan", ModelOutputError, id="nan-output"),
+        pytest.param("shape", ModelOutputError, id="wrong-channels-mid-run"),
+        pytest.param("interrupt", KeyboardInterrupt, id="ctrl-c"),
+    ],
+)
+def test_failed_run_never_looks_complete(noise_slide, tmp_path, mode, error) -> None:
+    out = tmp_path / "o.zarr"
+    with pytest.raises(error):
+        _run(noise_slide, out, model=_Broken(mode))
+    assert zarr.open_group(out, mode="r").attrs["wsi_harness"]["complete"] is False
+    with pytest.raises(OutputError, match="incomplete"):
+        open_output(out)
+
+
+def test_model_output_patch_mismatch_is_named(noise_slide, tmp_path) -> None:
+    cfg = PlanConfig(patch=48, output_patch=40, stride=16, chunk=32, mpp=0.5)
+    with pytest.raises(ModelOutputError, match="output_patch"):
+        _run(noise_slide, tmp_path / "o.zarr", model=_Broken("fine"), config=cfg)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_unknown_model_and_missing_cuda_are_config_errors(noise_slide, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="built-in"):
+        _run(noise_slide, tmp_path / "o.zarr", model="resnet9000")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            _run(noise_slide, tmp_path / "o.zarr", device="cuda")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("suffix", ["pt", "pt2"])
+def test_model_files_torchscript_and_export(noise_slide, tmp_path, suffix) -> None:
+    from harness.models import build_model
+
+    module = build_model("hne-colour", (32, 32)).module
+    path = tmp_path / f"m.{suffix}"
+    if suffix == "pt":
+        torch.jit.script(module).save(str(path))
+    else:
+        example = (torch.zeros(2, 3, 48, 48),)
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        torch.export.save(torch.export.export(module, example, dynamic_shapes=({0: batch},)), path)
+    a = _run(noise_slide, tmp_path / "a.zarr", model=str(path))
+    b = _run(noise_slide, tmp_path / "b.zarr", model="hne-colour")
+    assert compare_outputs(a.output, b.output).bitwise_equal
+
+
+def test_disk_full_is_one_clear_error(noise_slide, tiny_disk) -> None:
+    with pytest.raises(OutputError, match="disk full"):
+        _run(noise_slide, tiny_disk / "o.zarr")
+    meta = zarr.open_group(tiny_disk / "o.zarr", mode="r").attrs["wsi_harness"]
+    assert meta["complete"] is False
