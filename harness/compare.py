@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import zarr
 
 from harness.errors import HarnessError
 from harness.merge import NO_LABEL
@@ -34,10 +35,18 @@ class Comparison:
         return asdict(self)
 
 
+def _array(group: zarr.Group, name: str) -> zarr.Array[Any]:
+    arr = group.get(name)
+    if not isinstance(arr, zarr.Array):
+        raise HarnessError(f"{group.store} has no {name!r} array")
+    return arr
+
+
 def compare_outputs(a: str | Path, b: str | Path, rows: int = 1024) -> Comparison:
     """Compare the ``probabilities`` and ``labels`` of outputs ``a`` and ``b``."""
     ga, gb = open_output(a), open_output(b)
-    pa, pb = ga["probabilities"], gb["probabilities"]
+    pa, pb = _array(ga, "probabilities"), _array(gb, "probabilities")
+    la_all, lb_all = _array(ga, "labels"), _array(gb, "labels")
     if pa.shape != pb.shape:
         raise HarnessError(f"outputs differ in shape: {pa.shape} vs {pb.shape}")
     worst, equal, mismatch, agree, both = 0.0, True, 0, 0, 0
@@ -49,7 +58,7 @@ def compare_outputs(a: str | Path, b: str | Path, rows: int = 1024) -> Compariso
         ok = ~(na | nb)
         if ok.any():
             worst = max(worst, float(np.abs(xa[ok].astype(np.float64) - xb[ok]).max()))
-        la, lb = np.asarray(ga["labels"][y : y + rows]), np.asarray(gb["labels"][y : y + rows])
+        la, lb = np.asarray(la_all[y : y + rows]), np.asarray(lb_all[y : y + rows])
         covered = (la != NO_LABEL) & (lb != NO_LABEL)
         both += int(np.count_nonzero(covered))
         agree += int(np.count_nonzero(covered & (la == lb)))

@@ -57,7 +57,7 @@ def load_mask_image(path: Path) -> NDArray[np.bool_]:
             arr = np.asarray(img)
     except (UnidentifiedImageError, OSError) as exc:
         raise ConfigError(f"mask file {path} is not a readable image: {exc}") from exc
-    return arr.any(axis=2) if arr.ndim == 3 else arr != 0
+    return np.asarray(arr.any(axis=2) if arr.ndim == 3 else arr != 0, dtype=bool)
 
 
 def resolve_mask(spec: object, slide: Slide) -> NDArray[np.bool_] | None:

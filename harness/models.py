@@ -11,14 +11,17 @@ output patch may be smaller than the input patch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: Mean RGB colours of the synthetic H&E palette (background, stroma, nuclei).
 #: ``harness.slides.synthetic`` draws its tissue around these, and the
@@ -46,7 +49,7 @@ class Preprocess:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """Turn a uint8 ``(N, h, w, 3)`` batch into float32 ``(N, 3, h, w)``."""
-        x = batch.permute(0, 3, 1, 2).to(torch.float32) * self.scale
+        x = batch.permute(0, 3, 1, 2).to(torch.float32).mul_(self.scale)
         if self.mean != (0.0, 0.0, 0.0) or self.std != (1.0, 1.0, 1.0):
             mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)
             std = torch.tensor(self.std, dtype=torch.float32, device=x.device)
@@ -76,7 +79,7 @@ def _centre_crop(x: torch.Tensor, out_size: tuple[int, int] | None) -> torch.Ten
 
 
 class Passthrough(nn.Module):
-    """Near-zero compute: each pixel's RGB share, ``(x + eps) / sum(x + eps)``.
+    """Near-zero compute: each pixel's RGB share, ``(|x| + eps) / sum(|x| + eps)``.
 
     Used to measure the harness machinery; the output still depends on every
     input pixel, so merge errors show up in comparisons.
@@ -87,8 +90,8 @@ class Passthrough(nn.Module):
         self.out_size = out_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _centre_crop(x, self.out_size).clamp_min(0.0) + 1e-3
-        return x / x.sum(dim=1, keepdim=True)
+        x = _centre_crop(x, self.out_size).abs() + 1e-3
+        return x.div_(x.sum(dim=1, keepdim=True))
 
 
 class TinyCNN(nn.Module):
@@ -123,6 +126,7 @@ class HneColour(nn.Module):
         self.out_size = out_size
         centres = torch.tensor(list(PALETTE.values()), dtype=torch.float32) / 255.0
         self.head = nn.Conv2d(3, len(PALETTE), 1)
+        assert self.head.bias is not None
         with torch.no_grad():
             self.head.weight.copy_((2.0 * sharpness * centres).view(len(PALETTE), 3, 1, 1))
             self.head.bias.copy_(-sharpness * (centres**2).sum(dim=1))
@@ -216,4 +220,5 @@ def seeded_probabilities(shape: tuple[int, ...], seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     logits = rng.standard_normal(shape).astype(np.float32)
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    probs: np.ndarray = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    return probs

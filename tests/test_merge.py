@@ -25,7 +25,9 @@ def _plans(g: Geometry) -> tuple[Plan, Plan]:
     return stream, dense
 
 
-def _run(plan: Plan, merger: StreamingMerger | DenseMerger, outputs: np.ndarray, budget: int) -> None:
+def _run(
+    plan: Plan, merger: StreamingMerger | DenseMerger, outputs: np.ndarray, budget: int
+) -> None:
     assert plan.grid_id is not None
     for start in range(0, plan.n_patches, 7):
         idx = np.arange(start, min(start + 7, plan.n_patches))
@@ -43,7 +45,10 @@ def test_streaming_equals_dense_bitwise_within_budget(g: Geometry) -> None:
     oh, ow = g.config.out_hw
     outputs = seeded_probabilities((dense_plan.n_patches, g.channels, oh, ow), seed=1)
     # WHEN both mergers run their plans
-    a, b = CanvasSink(stream_plan.out_shape, g.channels), CanvasSink(dense_plan.out_shape, g.channels)
+    a, b = (
+        CanvasSink(stream_plan.out_shape, g.channels),
+        CanvasSink(dense_plan.out_shape, g.channels),
+    )
     streaming = StreamingMerger(stream_plan, a, g.budget)
     _run(stream_plan, streaming, outputs, g.budget)
     _run(dense_plan, DenseMerger(dense_plan, b), outputs, g.budget)
@@ -95,7 +100,9 @@ def test_counts_do_not_saturate() -> None:
     plan = make_plan((1, 300), 1.0, config, 1, 10**6)
     sink = CanvasSink(plan.out_shape, 1)
     merger = StreamingMerger(plan, sink, 10**6)
-    merger.add(np.ones((plan.n_patches, 1, 300, 300), np.float32)[:, :, :1], np.arange(plan.n_patches))
+    merger.add(
+        np.ones((plan.n_patches, 1, 300, 300), np.float32)[:, :, :1], np.arange(plan.n_patches)
+    )
     merger.finish()
     # THEN the mean of ones is exactly one everywhere
     assert np.all(sink.probs == 1.0)

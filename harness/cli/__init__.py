@@ -11,10 +11,13 @@ import argparse
 import importlib
 import sys
 import traceback
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from harness import __version__
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 #: Modules that contribute sub-commands, in help order.
 _COMMAND_MODULES = ("slides", "segment", "measure", "versus")
