@@ -20,17 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.palette import PALETTE  # the synthetic slides draw around these colours
+
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-#: Mean RGB colours of the synthetic H&E palette (background, stroma, nuclei).
-#: ``harness.slides.synthetic`` draws its tissue around these, and the
-#: ``hne-colour`` model classifies pixels by the nearest of them.
-PALETTE: dict[str, tuple[int, int, int]] = {
-    "background": (242, 240, 245),
-    "stroma": (225, 140, 180),
-    "nuclei": (85, 50, 135),
-}
 
 
 @dataclass(frozen=True)

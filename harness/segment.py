@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from harness._malloc import bound_malloc_caches
 from harness.errors import ConfigError, HarnessError
 from harness.loader import make_loader
 from harness.mask import patches_touching, resolve_mask
@@ -170,6 +171,7 @@ def segment(
     ``"auto"``, an image path or a boolean array (see :mod:`harness.mask`).
     """
     t0 = time.time()
+    bound_malloc_caches()
     if engine not in ("streaming", "dense"):
         raise ConfigError(f"engine must be 'streaming' or 'dense', got {engine!r}")
     if isinstance(slide, str | Path):

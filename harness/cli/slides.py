@@ -1,10 +1,108 @@
-"""Sub-commands (placeholder until this area lands)."""
+"""``wsi-harness synth`` and ``wsi-harness info``: make and inspect slides."""
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.errors import ConfigError, SlideError
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this area's sub-commands to ``sub``."""
+    synth = sub.add_parser(
+        "synth",
+        help="write a synthetic H&E slide to a pyramidal TIFF",
+        description="Render a procedural H&E slide tile by tile into a pyramidal tiled TIFF.",
+    )
+    synth.add_argument("out", type=Path, metavar="OUT.tiff")
+    synth.add_argument("--size", type=int, default=16384, help="width in pixels (default 16384)")
+    synth.add_argument("--height", type=int, default=None, help="height (default: --size)")
+    synth.add_argument("--mpp", type=float, default=0.5, help="microns per pixel (default 0.5)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--tissue", type=float, default=0.4, help="tissue fraction (default 0.4)")
+    synth.add_argument("--artefacts", default="0", help="0, 1 or names joined by + (pen+fold+blur)")
+    synth.add_argument("--compression", choices=("jpeg", "deflate", "none"), default="jpeg")
+    synth.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    synth.add_argument("--tile", type=int, default=256)
+    synth.add_argument("--levels", type=int, default=None, help="pyramid levels (default: auto)")
+    synth.add_argument("--no-progress", action="store_true")
+    synth.set_defaults(func=_synth)
+
+    info = sub.add_parser(
+        "info",
+        help="describe a slide (file or synthetic: spec)",
+        description="Print dimensions, mpp, pyramid levels and reader of a slide.",
+    )
+    info.add_argument("slide", metavar="SLIDE", help="a file or a synthetic:WIDTHxHEIGHT spec")
+    info.add_argument("--mpp", type=float, default=None, help="override the slide's mpp")
+    info.add_argument("--thumbnail", type=Path, default=None, metavar="OUT.png")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(func=_info)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from harness.slides import SyntheticSlide, parse_artefacts, write_tiff
+
+    height = args.size if args.height is None else args.height
+    try:
+        artefacts = parse_artefacts(args.artefacts)
+    except ValueError as exc:
+        raise ConfigError(f"--artefacts: {exc}") from exc
+    slide = SyntheticSlide(height, args.size, args.mpp, args.seed, args.tissue, artefacts)
+    start = time.perf_counter()
+    path = write_tiff(
+        slide,
+        args.out,
+        tile=args.tile,
+        compression=args.compression,
+        levels=args.levels,
+        quality=args.quality,
+        progress=not args.no_progress,
+    )
+    seconds = time.perf_counter() - start
+    mpx = slide.shape[0] * slide.shape[1] / 1e6
+    print(f"wrote {path} ({height} x {args.size} px, {mpx / seconds:.1f} Mpx/s of level 0)")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from harness.slides import open_slide, thumbnail
+
+    slide = open_slide(args.slide, mpp=args.mpp)
+    h, w = slide.shape
+    shapes = getattr(slide, "level_shapes", ((h, w),))
+    record = {
+        "slide": args.slide,
+        "reader": type(slide).__name__,
+        "width": w,
+        "height": h,
+        "mpp": slide.mpp,
+        "levels": len(slide.downsamples),
+        "downsamples": list(slide.downsamples),
+        "level_shapes": [list(s) for s in shapes],
+    }
+    if args.thumbnail is not None:
+        record["thumbnail"] = str(_save_thumbnail(thumbnail(slide), args.thumbnail))
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        for key, value in record.items():
+            print(f"{key:13s} {value}")
+    return 0
+
+
+def _save_thumbnail(image: Any, path: Path) -> Path:
+    from PIL import Image
+
+    try:
+        Image.fromarray(image).save(path)
+    except (OSError, ValueError) as exc:
+        kind = ConfigError if isinstance(exc, ValueError) else SlideError
+        raise kind(f"cannot write thumbnail {path}: {exc}") from exc
+    return path

@@ -1,0 +1,431 @@
+"""Procedural synthetic H&E whole-slide images with ground-truth labels.
+
+The tissue model
+----------------
+Every pixel is a pure function of ``(seed, slide parameters, sample position,
+sampling step)``. A read at ``mpp`` of box ``(x, y, w, h)`` samples level-0
+positions ``x + (j + 0.5) * s - 0.5`` (and likewise rows), where
+``s = mpp / slide.mpp``; so reads at the slide's own mpp sample integer
+pixels and any two reads agree bitwise where their sample positions coincide.
+Nothing is stored: a 200k x 200k slide costs a few small arrays to describe.
+
+* **Tissue**: two octaves of low-frequency value noise, faded to zero near the
+  slide border and thresholded so that about ``tissue_fraction`` of the slide
+  is tissue. **Holes** (lumens, tears) are a mid-frequency field thresholded
+  to remove about 12 % of the tissue.
+* **Stroma**: pink, textured by three octaves of noise (30, 8 and 3 µm).
+* **Nuclei**: one candidate per square cell of about 8 µm, present with a
+  probability that follows a 150 µm density field; an axis-aligned ellipse
+  with hashed centre and radii that fits inside its cell.
+* **Colour**: class and texture level index a lookup table of colour ramps
+  centred on :data:`PALETTE`, so each class stays nearest its own palette
+  colour, as the ``hne-colour`` model expects.
+
+Sampling is band-limited: noise octaves finer than two sample steps
+contribute their mean, so low-resolution reads are smooth. Nuclei are point
+sampled at every resolution (a coarse read shows them as purple speckle).
+
+Labels
+------
+``labels()`` returns :data:`BACKGROUND` (0), :data:`STROMA` (1),
+:data:`NUCLEI` (2) and, where the pen artefact is enabled, :data:`INK` (3)
+for pen ink. Folds and blur change colour only; their pixels keep their
+tissue label.
+
+Artefacts
+---------
+``"pen"``: a wavy green ink stroke near the top of the slide (opaque).
+``"fold"``: a band of doubled, darker tissue through a tissue-rich spot.
+``"blur"``: an out-of-focus rectangle (separable box blur applied twice), as
+scanners produce for a whole field of view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from harness.errors import ConfigError
+from harness.palette import PALETTE
+from harness.slides import _artefacts as art
+from harness.slides._noise import Octave, field, hash2, mix_key, periodic_tile
+from harness.slides.base import PAD_VALUE, Box, output_size
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from numpy.typing import NDArray
+
+BACKGROUND, STROMA, NUCLEI, INK = 0, 1, 2, 3
+ARTEFACTS: tuple[str, ...] = ("pen", "fold", "blur")
+
+_LEVELS = 32  # texture levels per colour ramp
+_FOLD = 4  # class offset of folded tissue in the lookup table
+_HOLE_FRACTION = 0.12
+_TILE = 512  # period in pixels of the finest (tileable) texture octave
+_ABSENT = np.float32(-1.0e4)  # centre offset that puts a missing nucleus out of reach
+
+
+def _ramp(mean: tuple[int, int, int], spread: tuple[int, int, int]) -> NDArray[np.float64]:
+    t = np.linspace(1.0, -1.0, _LEVELS)[:, None]
+    return np.asarray(mean, dtype=np.float64) + t * np.asarray(spread, dtype=np.float64)
+
+
+def _build_lut() -> NDArray[np.uint8]:
+    """Colour of each ``class * _LEVELS + texture level``; 8 classes (4 plain, 4 folded)."""
+    bg, stroma, nuclei = PALETTE.values()
+    ramps = [
+        _ramp(bg, (5, 5, 4)),
+        _ramp(stroma, (24, 40, 30)),
+        _ramp(nuclei, (30, 28, 28)),
+        _ramp((45, 135, 95), (20, 25, 20)),  # green pen ink
+        _ramp(bg, (5, 5, 4)),
+        _ramp((200, 105, 160), (20, 30, 24)),  # folded stroma: darker, still nearest stroma
+        _ramp((62, 30, 110), (20, 20, 20)),
+        _ramp((45, 135, 95), (20, 25, 20)),
+    ]
+    return np.clip(np.rint(np.concatenate(ramps)), 0, 255).astype(np.uint8)
+
+
+_LUT = _build_lut()
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Everything derived from the slide parameters: noise octaves and thresholds."""
+
+    tissue: tuple[Octave, ...]
+    holes: tuple[Octave, ...]
+    texture: tuple[Octave, ...]
+    grain: Octave
+    density: tuple[Octave, ...]
+    cell: int
+    edge: tuple[float, float]
+    tissue_threshold: float
+    hole_threshold: float
+
+
+def _layout(height: int, width: int, mpp: float, seed: int, fraction: float) -> _Layout:
+    big = min(max(min(height, width) / 3.0, 512.0), 12000.0)
+    um = 1.0 / mpp  # level-0 pixels per micron
+    tissue = (Octave(big, 1.0, 1), Octave(big / 3.2, 0.45, 2))
+    holes = (Octave(90 * um, 1.0, 3), Octave(30 * um, 0.5, 4))
+    top = _LEVELS - 1e-3
+    texture = (Octave(30 * um, 0.45 * top, 5), Octave(8 * um, 0.3 * top, 6))
+    wrap = max(4, round(_TILE * mpp / 3.0))  # about 3 µm lattice, exactly tileable
+    grain = Octave(_TILE / wrap, 0.25 * top, 7, wrap=wrap)
+    edge = (max(1.0, 0.06 * height), max(1.0, 0.06 * width))
+    n = 128
+    v, u = _axis(0, n, height / n), _axis(0, n, width / n)
+    t = field(seed, tissue, u, v, 1.0) * _edge(v, height, edge[0])[:, None]
+    t *= _edge(u, width, edge[1])[None, :]
+    hs = _axis(0, 192, 10 * um)
+    h = field(seed, holes, hs, hs, 1.0)
+    keep = min(0.98, fraction / (1.0 - _HOLE_FRACTION))
+    return _Layout(
+        tissue=tissue,
+        holes=holes,
+        texture=texture,
+        grain=grain,
+        density=(Octave(150 * um, 1.0, 8),),
+        cell=max(4, round(8 * um)),
+        edge=edge,
+        tissue_threshold=float(np.quantile(t, 1.0 - keep)),
+        hole_threshold=float(np.quantile(h, 1.0 - _HOLE_FRACTION)),
+    )
+
+
+def _edge(coords: NDArray[np.float64], size: int, margin: float) -> NDArray[np.float32]:
+    """Fade from 0 at the slide border to 1 at ``margin`` pixels inside it."""
+    d = np.minimum(coords + 0.5, size - 0.5 - coords) / margin
+    t = np.clip(d, 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+
+
+def _axis(start: float, n: int, step: float) -> NDArray[np.float64]:
+    """Level-0 sample positions of ``n`` output pixels starting at ``start``."""
+    return np.asarray(start + (np.arange(n) + 0.5) * step - 0.5, dtype=np.float64)
+
+
+def _inside(coords: NDArray[np.float64], size: int) -> slice:
+    """The run of sample positions that fall inside ``[0, size)`` pixels."""
+    lo = int(np.searchsorted(coords, -0.5, side="left"))
+    hi = int(np.searchsorted(coords, size - 0.5, side="left"))
+    return slice(lo, max(lo, hi))
+
+
+def _window(tile: NDArray[np.float32], y: int, x: int, h: int, w: int) -> NDArray[np.float32]:
+    """``h x w`` window at ``(y, x)`` of the periodic texture ``tile`` (one period tiled 2 x 2)."""
+    period = tile.shape[0] // 2
+    y0, x0 = y % period, x % period
+    if h <= period and w <= period:
+        return tile[y0 : y0 + h, x0 : x0 + w]
+    rows, cols = np.arange(y0, y0 + h) % period, np.arange(x0, x0 + w) % period
+    return np.asarray(tile.take(rows, axis=0).take(cols, axis=1), dtype=np.float32)
+
+
+def _parse_artefacts(artefacts: bool | Iterable[str]) -> tuple[str, ...]:
+    if artefacts is True:
+        return ARTEFACTS
+    if artefacts is False:
+        return ()
+    names = tuple(artefacts)
+    unknown = sorted(set(names) - set(ARTEFACTS))
+    if unknown:
+        raise ConfigError(f"unknown artefact(s) {unknown}; choose from {', '.join(ARTEFACTS)}")
+    return tuple(a for a in ARTEFACTS if a in names)
+
+
+class SyntheticSlide:
+    """A procedural H&E slide: see the module documentation for the model.
+
+    Parameters
+    ----------
+    height, width
+        Level-0 size in pixels.
+    mpp
+        Microns per pixel at level 0; nuclei and texture scale with it.
+    seed
+        Selects the tissue layout; equal seeds give equal slides.
+    tissue_fraction
+        Approximate share of the slide covered by tissue, in ``(0, 0.85]``.
+    artefacts
+        ``True`` for all of :data:`ARTEFACTS`, ``False`` for none, or names.
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        mpp: float = 0.5,
+        seed: int = 0,
+        tissue_fraction: float = 0.4,
+        artefacts: bool | Iterable[str] = False,
+    ) -> None:
+        if int(height) < 1 or int(width) < 1:
+            raise ConfigError(f"slide size must be at least 1 x 1 pixels, got {height} x {width}")
+        if not 0.01 <= mpp <= 1000:
+            raise ConfigError(f"mpp must be in [0.01, 1000] microns per pixel, got {mpp}")
+        if not 0 < tissue_fraction <= 0.85:
+            raise ConfigError(f"tissue_fraction must be in (0, 0.85], got {tissue_fraction}")
+        self._shape = (int(height), int(width))
+        self._mpp = float(mpp)
+        self.seed = int(seed) & 0xFFFFFFFF
+        self.tissue_fraction = float(tissue_fraction)
+        self.artefacts = _parse_artefacts(artefacts)
+        self._layout = _layout(*self._shape, self._mpp, self.seed, self.tissue_fraction)
+        self._tile: NDArray[np.float32] | None = None
+        self._art = art.place(self._shape, self.seed, self.artefacts, self._coarse_tissue())
+
+    def __repr__(self) -> str:
+        h, w = self._shape
+        return (
+            f"SyntheticSlide(height={h}, width={w}, mpp={self._mpp}, seed={self.seed}, "
+            f"tissue_fraction={self.tissue_fraction}, artefacts={self.artefacts})"
+        )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Level-0 ``(height, width)`` in pixels."""
+        return self._shape
+
+    @property
+    def mpp(self) -> float:
+        """Microns per pixel at level 0."""
+        return self._mpp
+
+    @property
+    def downsamples(self) -> tuple[float, ...]:
+        """A virtual slide has one level; every other resolution is generated directly."""
+        return (1.0,)
+
+    def read(self, box: Box, mpp: float | None = None) -> NDArray[np.uint8]:
+        """Render ``box`` at ``mpp`` as ``(h, w, 3)`` uint8 RGB, white outside the slide."""
+        (h, w), (rows, cols), (u, v), step = self._frame(box, mpp)
+        if u.size == w and v.size == h:
+            out = self._render_at(u, v, step)  # the common case: nothing to pad
+        else:
+            out = np.full((h, w, 3), PAD_VALUE, dtype=np.uint8)
+            if u.size and v.size:
+                out[rows, cols] = self._render_at(u, v, step)
+        if self._art.blur is not None:
+            art.apply_blur(out, self._art.blur, (box[0], box[1]), step, self._render)
+        return out
+
+    def labels(self, box: Box, mpp: float | None = None) -> NDArray[np.uint8]:
+        """Ground-truth classes of ``box`` at ``mpp``: 0 background, 1 stroma, 2 nuclei, 3 ink."""
+        (h, w), (rows, cols), (u, v), step = self._frame(box, mpp)
+        out = np.full((h, w), BACKGROUND, dtype=np.uint8)
+        if u.size and v.size:
+            out[rows, cols] = self._classes(u, v, step) & np.uint8(3)
+        return out
+
+    def tissue_mask(self, mpp: float = 16.0) -> NDArray[np.bool_]:
+        """Tissue (stroma or nuclei, holes excluded) of the whole slide at ``mpp``.
+
+        Nuclei are not rendered (they lie inside tissue anyway), so a coarse
+        mask costs one small field evaluation per 256-row strip.
+        """
+        h, w = output_size((0, 0, self._shape[1], self._shape[0]), self._mpp, mpp)
+        step = mpp / self._mpp
+        u = _axis(0, w, step)
+        mask = np.zeros((h, w), dtype=bool)
+        cols = _inside(u, self._shape[1])
+        for top in range(0, h, 256):
+            v = _axis(0, h, step)[top : top + 256]
+            rows = _inside(v, self._shape[0])
+            if rows.stop > rows.start and cols.stop > cols.start:
+                tissue = self._tissue(u[cols], v[rows], step)
+                mask[top + rows.start : top + rows.stop, cols] = tissue
+        return mask
+
+    def _frame(
+        self, box: Box, mpp: float | None
+    ) -> tuple[tuple[int, int], tuple[slice, slice], tuple[NDArray[np.float64], ...], float]:
+        """Output size, the part of it inside the slide, and that part's sample positions."""
+        x, y, _, _ = box
+        h, w = output_size(box, self._mpp, mpp)
+        step = 1.0 if mpp is None else mpp / self._mpp
+        u, v = _axis(x, w, step), _axis(y, h, step)
+        cols, rows = _inside(u, self._shape[1]), _inside(v, self._shape[0])
+        return (h, w), (rows, cols), (u[cols], v[rows]), step
+
+    def _render(self, x: float, y: float, w: int, h: int, step: float) -> NDArray[np.uint8]:
+        """RGB without blur of ``h x w`` samples from ``(x, y)`` (as :meth:`read`), for the blur."""
+        return self._render_at(_axis(x, w, step), _axis(y, h, step), step)
+
+    def _render_at(
+        self, u: NDArray[np.float64], v: NDArray[np.float64], step: float
+    ) -> NDArray[np.uint8]:
+        cls = self._classes(u, v, step)
+        cls *= np.uint8(_LEVELS)
+        cls += self._texture(u, v, step).astype(np.uint8)
+        return _LUT.take(cls, axis=0)
+
+    def _texture(
+        self, u: NDArray[np.float64], v: NDArray[np.float64], step: float
+    ) -> NDArray[np.float32]:
+        """Texture level in ``[0, _LEVELS)``; at full resolution the grain is a tile slice."""
+        lay = self._layout
+        if step != 1.0 or lay.grain.spacing < 2.0:
+            return field(self.seed, (*lay.texture, lay.grain), u, v, step)
+        level = field(self.seed, lay.texture, u, v, step)
+        level += _window(self._grain_tile(), int(v[0]), int(u[0]), v.size, u.size)
+        return level
+
+    def _grain_tile(self) -> NDArray[np.float32]:
+        if self._tile is None:
+            self._tile = periodic_tile(self.seed, self._layout.grain)
+        return self._tile
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state["_tile"] = None  # rebuilt on demand: 4 MB not worth pickling to every worker
+        return state
+
+    def _tissue(
+        self, u: NDArray[np.float64], v: NDArray[np.float64], step: float
+    ) -> NDArray[np.bool_]:
+        lay = self._layout
+        t = field(self.seed, lay.tissue, u, v, step)
+        (my, mx), (h, w) = lay.edge, self._shape
+        if min(v[0] + 0.5, u[0] + 0.5, h - 0.5 - v[-1], w - 0.5 - u[-1]) < max(my, mx):
+            t *= _edge(v, h, my)[:, None]  # only near the border, where tissue fades out
+            t *= _edge(u, w, mx)[None, :]
+        tissue = t > np.float32(lay.tissue_threshold)
+        if tissue.any():
+            tissue &= field(self.seed, lay.holes, u, v, step) <= np.float32(lay.hole_threshold)
+        return tissue
+
+    def _classes(
+        self, u: NDArray[np.float64], v: NDArray[np.float64], step: float
+    ) -> NDArray[np.uint8]:
+        """Lookup-table class per sample: label, plus :data:`_FOLD` inside a fold."""
+        tissue = self._tissue(u, v, step)
+        cls = tissue.view(np.uint8).copy()
+        if tissue.any():
+            nuclei = self._nuclei(u, v, step)
+            nuclei &= tissue
+            cls += nuclei.view(np.uint8)
+            if self._art.fold is not None:
+                art.add_fold(cls, tissue, self._art.fold, u, v, np.uint8(_FOLD))
+        if self._art.pen is not None:
+            art.add_pen(cls, self._art.pen, u, v, np.uint8(INK))
+        return cls
+
+    def _nuclei(
+        self, u: NDArray[np.float64], v: NDArray[np.float64], step: float
+    ) -> NDArray[np.bool_]:
+        if step == 1.0:
+            return self._nuclei_block(int(u[0]), int(v[0]), u.size, v.size)
+        return self._nuclei_sampled(u, v)
+
+    def _cells(
+        self, rows: NDArray[np.int64], cols: NDArray[np.int64]
+    ) -> tuple[NDArray[np.float32], ...]:
+        """Per-cell nucleus ``(cy, cx, 1/ry^2, 1/rx^2)`` on the grid ``rows x cols``.
+
+        One hash per cell, split into bit fields: presence (8 bits), centre
+        (5 + 5) and radii (4 + 4).
+        """
+        c = self._layout.cell
+        h = hash2(mix_key(self.seed, 9), rows[:, None], cols[None, :])
+        bits = [((h >> np.uint32(s)) & np.uint32(m)).astype(np.float32) for s, m in _FIELDS]
+        cu = np.asarray((cols + 0.5) * c, dtype=np.float64)
+        cv = np.asarray((rows + 0.5) * c, dtype=np.float64)
+        density = field(self.seed, self._layout.density, cu, cv, c)
+        present = bits[0] < np.float32(256.0) * np.clip(1.6 * density - 0.45, 0.08, 0.85)
+        ry = np.float32(c) * (np.float32(0.22) + np.float32(0.2 / 15) * bits[3])
+        rx = np.float32(c) * (np.float32(0.22) + np.float32(0.2 / 15) * bits[4])
+        cy = ry + (np.float32(c) - 2 * ry) * bits[1] / np.float32(31)
+        cx = rx + (np.float32(c) - 2 * rx) * bits[2] / np.float32(31)
+        cy = np.where(present, cy, _ABSENT).astype(np.float32)
+        return (
+            cy,
+            cx.astype(np.float32),
+            (1.0 / (ry * ry)).astype(np.float32),
+            (1.0 / (rx * rx)).astype(np.float32),
+        )
+
+    def _nuclei_block(self, x: int, y: int, w: int, h: int) -> NDArray[np.bool_]:
+        """Nuclei at integer pixels, computed cell-block-wise: one full-size add and compare."""
+        c = self._layout.cell
+        r0, c0 = y // c, x // c
+        ny, nx = -(-(y + h) // c) - r0, -(-(x + w) // c) - c0
+        cy, cx, iry2, irx2 = self._cells(np.arange(r0, r0 + ny), np.arange(c0, c0 + nx))
+        loc = np.arange(c, dtype=np.float32)
+        dy2 = (loc[None, :, None] - cy[:, None, :]) ** 2 * iry2[:, None, :]  # (ny, c, nx)
+        dx2 = (loc[None, None, :] - cx[:, :, None]) ** 2 * irx2[:, :, None]  # (ny, nx, c)
+        d2 = dy2[:, :, :, None] + dx2[:, None, :, :]
+        inside = (d2 < np.float32(1.0)).reshape(ny * c, nx * c)
+        top, left = y - r0 * c, x - c0 * c
+        return inside[top : top + h, left : left + w]
+
+    def _nuclei_sampled(self, u: NDArray[np.float64], v: NDArray[np.float64]) -> NDArray[np.bool_]:
+        """Nuclei at arbitrary sorted sample positions: gathers each sample's cell."""
+        c = self._layout.cell
+        ci, ri = np.floor(u / c).astype(np.int64), np.floor(v / c).astype(np.int64)
+        cols, col_of = np.unique(ci, return_inverse=True)
+        rows, row_of = np.unique(ri, return_inverse=True)
+        cy, cx, iry2, irx2 = self._cells(rows, cols)
+        pick = np.ix_(row_of, col_of)
+        dy = (v - ri * c).astype(np.float32)[:, None] - cy[pick]
+        dx = (u - ci * c).astype(np.float32)[None, :] - cx[pick]
+        return dy * dy * iry2[pick] + dx * dx * irx2[pick] < np.float32(1.0)
+
+    def _coarse_tissue(self) -> NDArray[np.float32]:
+        """Tissue field (border fade included) on a 64 x 64 grid, for placing artefacts."""
+        h, w = self._shape
+        v = (np.arange(64) + 0.5) * h / 64 - 0.5
+        u = (np.arange(64) + 0.5) * w / 64 - 0.5
+        lay = self._layout
+        t = field(self.seed, lay.tissue, u, v, 1.0) * _edge(v, h, lay.edge[0])[:, None]
+        return t * _edge(u, w, lay.edge[1])[None, :]
+
+
+#: ``(shift, mask)`` of each bit field of a nucleus cell hash.
+_FIELDS = ((0, 255), (8, 31), (13, 31), (18, 15), (22, 15))
+
+__all__ = ["ARTEFACTS", "BACKGROUND", "INK", "NUCLEI", "PALETTE", "STROMA", "SyntheticSlide"]
