@@ -6,11 +6,10 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
 
 from harness.errors import HarnessError
 from harness.merge import NO_LABEL
-from harness.output import open_output
+from harness.output import open_output, output_array
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -35,18 +34,11 @@ class Comparison:
         return asdict(self)
 
 
-def _array(group: zarr.Group, name: str) -> zarr.Array[Any]:
-    arr = group.get(name)
-    if not isinstance(arr, zarr.Array):
-        raise HarnessError(f"{group.store} has no {name!r} array")
-    return arr
-
-
 def compare_outputs(a: str | Path, b: str | Path, rows: int = 1024) -> Comparison:
     """Compare the ``probabilities`` and ``labels`` of outputs ``a`` and ``b``."""
     ga, gb = open_output(a), open_output(b)
-    pa, pb = _array(ga, "probabilities"), _array(gb, "probabilities")
-    la_all, lb_all = _array(ga, "labels"), _array(gb, "labels")
+    pa, pb = output_array(ga, "probabilities"), output_array(gb, "probabilities")
+    la_all, lb_all = output_array(ga, "labels"), output_array(gb, "labels")
     if pa.shape != pb.shape:
         raise HarnessError(f"outputs differ in shape: {pa.shape} vs {pb.shape}")
     worst, equal, mismatch, agree, both = 0.0, True, 0, 0, 0

@@ -130,3 +130,11 @@ def open_output(path: str | Path, require_complete: bool = True) -> zarr.Group:
     if require_complete and not meta.get("complete"):
         raise OutputError(f"{p} is incomplete (the run that wrote it did not finish)")
     return group
+
+
+def output_array(group: zarr.Group, name: str) -> zarr.Array[Any]:
+    """The array ``name`` of an output group, or a clear error when it is missing."""
+    arr = group.get(name)
+    if not isinstance(arr, zarr.Array):
+        raise OutputError(f"{group.store} has no {name!r} array")
+    return arr

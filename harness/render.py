@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from harness.merge import NO_LABEL
-from harness.output import ATTR, open_output
+from harness.output import ATTR, open_output, output_array
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -32,15 +32,16 @@ def palette(classes: list[str]) -> NDArray[np.uint8]:
 def label_overview(path: str | Path, max_side: int = 1024) -> NDArray[np.uint8]:
     """A ``(h, w, 3)`` colour overview of the label map, longest side <= ``max_side``."""
     group = open_output(path)
-    labels = group["labels"]
+    labels = output_array(group, "labels")
     meta = group.attrs[ATTR]
     assert isinstance(meta, dict)
     h, w = labels.shape
     step = max(1, -(-max(h, w) // max_side))
-    band = int(labels.chunks[0]) * max(1, 4096 // int(labels.chunks[0]))
-    band -= band % step  # keep the sampling grid aligned across bands
-    rows = [np.asarray(labels[y : y + band])[::step, ::step] for y in range(0, h, max(band, step))]
-    return palette(list(meta["classes"]))[np.concatenate(rows)]
+    band = step * max(1, 4096 // step)  # rows per read: a multiple of step keeps the grid
+    rows = [np.asarray(labels[y : y + band])[::step, ::step] for y in range(0, h, band)]
+    lut = palette(list(meta["classes"]))
+    image: NDArray[np.uint8] = lut[np.concatenate(rows)]
+    return image
 
 
 def save_png(image: NDArray[np.uint8], path: str | Path) -> None:

@@ -28,6 +28,7 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=0, help="DataLoader reader processes")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     p.add_argument("--spill-dir", default=None, help="scratch folder for raster-order spills")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -69,6 +70,7 @@ def run_segment(args: argparse.Namespace) -> int:
         budget=parse_bytes(args.budget), mask=args.mask, batch_size=args.batch_size,
         workers=args.workers, device=args.device, overwrite=args.overwrite,
         progress=not args.no_progress, dtype=args.dtype, spill_dir=args.spill_dir,
+        threads=args.threads,
     )  # fmt: skip
     if args.json:
         print(json.dumps(result.to_dict()))

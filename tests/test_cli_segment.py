@@ -1,0 +1,76 @@
+"""The segment, compare and render commands, through the real CLI entry point."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness.cli import main
+
+ARGS = ["--patch", "64", "--stride", "32", "--chunk", "64", "--no-progress"]
+
+
+def test_segment_json_then_compare_and_render(tmp_path, capsys) -> None:
+    # GIVEN a streaming and a dense run of the same virtual slide
+    a, b = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
+    assert main(["segment", "synthetic:512", "--out", a, "--json", *ARGS]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert main(["segment", "synthetic:512", "--out", b, "--engine", "dense", *ARGS]) == 0
+    # THEN the record carries the documented keys, the outputs compare equal, and render works
+    keys = {"patches", "chunks_written", "peak_live_bytes", "spill_bytes", "wall_s", "output"}
+    assert keys <= set(record) and record["output"] == a
+    assert main(["compare", a, b, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["bitwise_equal"] is True
+    assert main(["render", a, "--png", str(tmp_path / "l.png"), "--max-side", "100"]) == 0
+    with Image.open(tmp_path / "l.png") as png:
+        assert max(png.size) <= 100 and png.size[0] == png.size[1] > 50
+
+
+def test_compare_exits_1_beyond_tolerance(tmp_path) -> None:
+    a, b = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
+    main(["segment", "synthetic:256", "--out", a, *ARGS])
+    main(["segment", "synthetic:256", "--out", b, "--model", "tiny-cnn", *ARGS])
+    assert main(["compare", a, b]) == 1
+    assert main(["compare", a, b, "--atol", "1.0"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(["--stride", "0"], "stride", id="stride-0"),
+        pytest.param(["--stride", "128"], "gaps", id="stride-above-patch"),
+        pytest.param(["--budget", "lots"], "byte size", id="bad-budget"),
+        pytest.param(["--budget", "10kB"], "below the", id="budget-below-one-patch"),
+        pytest.param(["--model", "nope"], "built-in", id="unknown-model"),
+        pytest.param(["--mask", "/no/such.png"], "does not exist", id="missing-mask"),
+    ],
+)
+def test_bad_input_is_one_error_line(tmp_path, capsys, argv, message) -> None:
+    code = main(["segment", "synthetic:256", "--out", str(tmp_path / "o.zarr"), *ARGS, *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+    assert "Traceback" not in "".join(err)
+
+
+def test_unreadable_slide_is_one_error_line(tmp_path, capsys) -> None:
+    bogus = tmp_path / "slide.tiff"
+    bogus.write_bytes(b"not a tiff at all")
+    assert main(["segment", str(bogus), "--out", str(tmp_path / "o.zarr"), *ARGS]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_render_colours_classes_and_marks_uncovered_black(tmp_path) -> None:
+    from harness.render import label_overview
+
+    out = str(tmp_path / "m.zarr")
+    main(
+        ["segment", "synthetic:512", "--out", out, "--mask", "auto", "--model", "hne-colour", *ARGS]
+    )
+    image = label_overview(out, max_side=512)
+    colours = {tuple(c) for c in np.unique(image.reshape(-1, 3), axis=0)}
+    assert (236, 236, 236) in colours and (232, 120, 170) in colours
