@@ -19,7 +19,9 @@ chunk is on disk: an interrupted or failed run never looks complete.
 from __future__ import annotations
 
 import errno
+import queue
 import shutil
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,3 +140,47 @@ def output_array(group: zarr.Group, name: str) -> zarr.Array[Any]:
     if not isinstance(arr, zarr.Array):
         raise OutputError(f"{group.store} has no {name!r} array")
     return arr
+
+
+class ThreadedSink:
+    """Hands finalised chunks to a writer thread, so encoding and I/O overlap compute.
+
+    At most ``depth`` chunks wait in the queue (about 0.85 MB each at the
+    defaults), so memory stays bounded. A write error is kept and raised in the
+    caller's thread at the next ``write_chunk`` or at :meth:`flush`.
+    """
+
+    def __init__(self, sink: OutputWriter, depth: int = 4) -> None:
+        self.sink = sink
+        self.queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="wsi-harness-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.sink.write_chunk(*item)
+                except BaseException as exc:  # re-raised in the caller's thread
+                    self.error = exc
+
+    def write_chunk(
+        self, box: tuple[int, int, int, int], probs: NDArray[np.float32], labels: NDArray[np.uint8]
+    ) -> None:
+        """Queue one finalised chunk (blocks while the queue is full)."""
+        if self.error is not None:
+            raise self.error
+        self.queue.put((box, probs, labels))
+
+    def stop(self) -> None:
+        """Let queued writes finish and end the thread (safe to call twice)."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+    def flush(self) -> None:
+        """Wait for every queued write; raise the first write error, if any."""
+        self.stop()
+        if self.error is not None:
+            raise self.error

@@ -19,7 +19,7 @@ from harness.loader import make_loader
 from harness.mask import patches_touching, resolve_mask
 from harness.merge import DenseMerger, Merger, StreamingMerger
 from harness.models import ModelSpec, load_model, probe
-from harness.output import OutputWriter
+from harness.output import OutputWriter, ThreadedSink
 from harness.plan import Plan, PlanConfig, grid_origins, make_plan, output_shape
 
 if TYPE_CHECKING:
@@ -193,10 +193,11 @@ def segment(
     plan = build_plan(slide, config, channels, budget, mask, engine)
     classes = spec.classes or tuple(f"class{k}" for k in range(channels))
     writer = OutputWriter(out, plan, _meta(slide, plan, spec, classes, engine), dtype, overwrite)
+    sink = ThreadedSink(writer)
     merger: Merger = (
-        StreamingMerger(plan, writer, budget, spill_dir)
+        StreamingMerger(plan, sink, budget, spill_dir)
         if engine == "streaming"
-        else DenseMerger(plan, writer)
+        else DenseMerger(plan, sink)
     )
     t_inf = time.time()
     opts = {"device": device, "batch_size": batch_size, "workers": workers, "progress": progress}
@@ -204,7 +205,9 @@ def segment(
         _merge_all(spec, slide, plan, merger, opts)
         t_fin = time.time()
         stats = merger.finish()
+        sink.flush()
     finally:
+        sink.stop()
         merger.close()
     writer.mark_complete({"chunks_written": stats.chunks_written})
     t1 = time.time()
