@@ -1,0 +1,1 @@
+"""asv benchmarks of wsi-harness (see docs/benchmarks.md)."""
