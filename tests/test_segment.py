@@ -169,3 +169,19 @@ def test_disk_full_is_one_clear_error(noise_slide, tiny_disk) -> None:
         _run(noise_slide, tiny_disk / "o.zarr")
     meta = zarr.open_group(tiny_disk / "o.zarr", mode="r").attrs["wsi_harness"]
     assert meta["complete"] is False
+
+
+def test_output_under_a_file_is_one_clear_error(noise_slide, tmp_path) -> None:
+    # GIVEN an output path whose parent is a regular file (not creatable, even for root)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="cannot create output directory"):
+        _run(noise_slide, blocker / "sub" / "o.zarr")
+
+
+def test_read_only_filesystem_is_one_clear_error(noise_slide, tiny_disk) -> None:
+    import subprocess
+
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+    with pytest.raises(OutputError, match="cannot create"):
+        _run(noise_slide, tiny_disk / "o.zarr")
