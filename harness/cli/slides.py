@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     synth.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
     synth.add_argument("--tile", type=int, default=256)
     synth.add_argument("--levels", type=int, default=None, help="pyramid levels (default: auto)")
+    synth.add_argument(
+        "--classic", action="store_true", help="classic TIFF instead of BigTIFF when it fits"
+    )
     synth.add_argument("--no-progress", action="store_true")
     synth.set_defaults(func=_synth)
 
@@ -64,6 +67,7 @@ def _synth(args: argparse.Namespace) -> int:
         levels=args.levels,
         quality=args.quality,
         progress=not args.no_progress,
+        bigtiff=not args.classic,
     )
     seconds = time.perf_counter() - start
     mpx = slide.shape[0] * slide.shape[1] / 1e6

@@ -65,6 +65,7 @@ def write_tiff(
     levels: int | None = None,
     quality: int = 90,
     progress: bool = True,
+    bigtiff: bool = True,
 ) -> Path:
     """Write ``slide`` to a pyramidal tiled TIFF, tile by tile, in O(tile) memory.
 
@@ -84,6 +85,10 @@ def write_tiff(
         JPEG quality, 1-100.
     progress
         Show a tqdm progress bar over all tiles.
+    bigtiff
+        Write BigTIFF (64-bit offsets). On by default: tifffile and OpenSlide read
+        both kinds, but TIAToolbox 2.1.3 opens a classic TIFF under 2 GiB as one
+        flat image without mpp. ``False`` writes classic TIFF when it fits.
 
     Returns
     -------
@@ -100,7 +105,7 @@ def write_tiff(
     try:
         with (
             tqdm(total=total, unit="tile", disable=not progress, desc=out.name) as bar,
-            tifffile.TiffWriter(partial, bigtiff=raw > 2**31) as writer,
+            tifffile.TiffWriter(partial, bigtiff=bigtiff or raw > 2**31) as writer,
         ):
             for k, (h, w) in enumerate(dims):
                 tiles = _level_tiles(slide, 2**k, (h, w), tile, bar)
