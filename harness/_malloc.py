@@ -11,7 +11,6 @@ own mapping, returned to the OS when freed.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 M_TRIM_THRESHOLD = -1
@@ -24,7 +23,9 @@ def bound_malloc_caches() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # Not ctypes.util.find_library: it forks ldconfig from this (large) process, and
+        # the fork's duplicate RSS showed up in process-tree measurements.
+        libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False

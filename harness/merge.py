@@ -115,19 +115,18 @@ class ChunkLedger:
     def __init__(self, plan: Plan, budget: int, dry_run: bool = False) -> None:
         self.plan, self.budget, self.dry_run = plan, budget, dry_run
         self.remaining = plan.expected.copy()
-        self.cursor = plan.use_ptr[:-1].copy()
         self.live: dict[int, int] = {}
         self.spilled: set[int] = set()
         self.live_bytes = self.peak_live_bytes = 0
         self.spill_bytes = self.reload_bytes = self.spills = 0
 
     def _furthest(self) -> int:
+        """The live chunk whose next use is furthest away (uses done = expected - remaining)."""
+        use_ptr, use_patch = self.plan.uses
         keys = np.fromiter(self.live, dtype=np.int64, count=len(self.live))
-        cur = self.cursor[keys]
-        pending = cur < self.plan.use_ptr[keys + 1]
-        nxt = np.where(
-            pending, self.plan.use_patch[np.minimum(cur, len(self.plan.use_patch) - 1)], _NEVER
-        )
+        cur = use_ptr[keys] + self.plan.expected[keys] - self.remaining[keys]
+        pending = self.remaining[keys] > 0
+        nxt = np.where(pending, use_patch[np.minimum(cur, len(use_patch) - 1)], _NEVER)
         return int(keys[int(np.argmax(nxt))])
 
     def admit(self, c: int) -> tuple[list[int], bool]:
@@ -155,7 +154,6 @@ class ChunkLedger:
 
     def consume(self, c: int) -> bool:
         """Record one use of live chunk ``c``; True when that was its last (chunk final)."""
-        self.cursor[c] += 1
         self.remaining[c] -= 1
         if self.remaining[c]:
             return False
@@ -230,7 +228,6 @@ class StreamingMerger:
         for p, i in zip(probs, indices, strict=True):
             y, x = (int(v) for v in plan.origins[i])
             for c in plan.chunks_of(int(i)):
-                c = int(c)
                 sums, weights = self._buffer(c)
                 y0, y1, x0, x1 = plan.chunk_box(c)
                 ty0, ty1 = max(y, y0), min(y + oh, y1)

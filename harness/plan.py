@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -176,7 +177,13 @@ class PlanSummary:
 
 @dataclass(frozen=True, eq=False)
 class Plan:
-    """A fixed processing plan for one slide (see the module docstring)."""
+    """A fixed processing plan for one slide (see the module docstring).
+
+    Only what a run needs for its whole length is held: the entries' origins
+    and each chunk's patch count (about 2.3 MB at 64k x 64k). Which chunks an
+    entry touches is arithmetic; the next-use table that eviction needs is
+    built on first use (:attr:`uses`), which only raster order calls for.
+    """
 
     config: PlanConfig
     slide_shape: Pair
@@ -184,27 +191,17 @@ class Plan:
     out_shape: Pair
     channels: int
     origins: NDArray[np.int32]  # (n, 2) output-box origins (y, x), in processing order
-    pair_ptr: NDArray[np.int32]  # patch i touches chunks pair_chunk[pair_ptr[i]:pair_ptr[i+1]]
-    pair_chunk: NDArray[np.int32]
-    expected: NDArray[np.int32]  # per chunk id (row-major over the chunk grid)
-    use_ptr: NDArray[np.int32]  # chunk c is used by patches use_patch[use_ptr[c]:use_ptr[c+1]]
-    use_patch: NDArray[np.int32]
+    strip_starts: NDArray[np.int64]  # entries of strip s: strip_starts[s]:strip_starts[s+1]
+    expected: NDArray[np.int32]  # patches touching each chunk id (row-major chunk grid)
     strip_chunks: int
+    n_unique: int  # distinct grid patches (entries minus halo re-runs)
     patches_masked_out: int = 0
-    grid_id: NDArray[np.int32] | None = field(default=None, repr=False)  # entry -> kept patch
     window: NDArray[np.float32] | None = field(default=None, repr=False)
 
     @property
     def n_patches(self) -> int:
         """Number of patch runs, halo patches at strip edges counted once per strip."""
         return int(self.origins.shape[0])
-
-    @property
-    def n_unique(self) -> int:
-        """Number of distinct grid patches that run."""
-        if self.grid_id is None or not len(self.grid_id):
-            return self.n_patches
-        return int(self.grid_id.max()) + 1
 
     @property
     def chunk_grid(self) -> Pair:
@@ -217,9 +214,29 @@ class Plan:
         """Level-0 pixels per output pixel."""
         return (self.config.mpp or self.slide_mpp) / self.slide_mpp
 
-    def chunks_of(self, i: int) -> NDArray[np.int32]:
-        """Chunk ids touched by patch ``i``, row-major."""
-        return self.pair_chunk[self.pair_ptr[i] : self.pair_ptr[i + 1]]
+    def chunks_of(self, i: int) -> list[int]:
+        """Chunk ids entry ``i`` adds into (its strip's share), row-major."""
+        (oh, ow), (ch, cw) = self.config.out_hw, self.config.chunk_hw
+        (h, w), ncols = self.out_shape, self.chunk_grid[1]
+        y, x = (int(v) for v in self.origins[i])
+        s = int(np.searchsorted(self.strip_starts, i, side="right")) - 1
+        lo = max(x // cw, s * self.strip_chunks)
+        hi = min((min(x + ow, w) - 1) // cw, (s + 1) * self.strip_chunks - 1)
+        rows = range(y // ch, (min(y + oh, h) - 1) // ch + 1)
+        return [r * ncols + c for r in rows for c in range(lo, hi + 1)]
+
+    def pairs(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """CSR of every entry's chunks (``ptr``, ``chunk``), vectorised; built on demand."""
+        strip = np.repeat(np.arange(len(self.strip_starts) - 1), np.diff(self.strip_starts))
+        return _pairs(self.origins.astype(np.int64), strip, self.strip_chunks, self.config,
+                      self.out_shape)  # fmt: skip
+
+    @cached_property
+    def uses(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Next-use table: chunk ``c`` is used by entries ``patch[ptr[c]:ptr[c+1]]``."""
+        ptr, chunk = self.pairs()
+        _, use_ptr, use_patch = _uses(ptr, chunk, len(self.expected))
+        return use_ptr, use_patch
 
     def chunk_box(self, c: int) -> tuple[int, int, int, int]:
         """``(y0, y1, x0, x1)`` of chunk ``c`` in output pixels, clipped to the output."""
@@ -248,7 +265,7 @@ class Plan:
         ledger = ChunkLedger(self, budget, dry_run=True)
         for i in range(self.n_patches):
             for c in self.chunks_of(i):
-                ledger.touch(int(c), i)
+                ledger.touch(c, i)
         rows, cols = self.chunk_grid
         return PlanSummary(
             patches=self.n_unique,
@@ -307,8 +324,8 @@ def strip_chunks_for(config: PlanConfig, out_shape: Pair, channels: int, budget:
 
 def _strip_entries(
     origins: NDArray[np.int64], config: PlanConfig, out_shape: Pair, strip: int
-) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
-    """Split patches by strip: (entry origins, strip-clipped chunk column ranges, grid ids).
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Entries in processing order, and the strip of each.
 
     A patch whose output crosses a strip edge gets one entry per strip, each
     touching only that strip's chunks (the halo patch runs twice), so every
@@ -316,32 +333,29 @@ def _strip_entries(
     """
     ow, cw = config.out_hw[1], config.chunk_hw[1]
     x0 = origins[:, 1]
-    c0 = x0 // cw
-    c1 = (np.minimum(x0 + ow, out_shape[1]) - 1) // cw
-    s0, s1 = c0 // strip, c1 // strip
+    s0 = (x0 // cw) // strip
+    s1 = ((np.minimum(x0 + ow, out_shape[1]) - 1) // cw) // strip
     copies = s1 - s0 + 1
     grid_id = np.repeat(np.arange(len(origins), dtype=np.int64), copies)
     first = np.repeat(np.cumsum(copies) - copies, copies)
     s = np.repeat(s0, copies) + np.arange(len(grid_id), dtype=np.int64) - first
-    lo = np.maximum(c0[grid_id], s * strip)
-    hi = np.minimum(c1[grid_id], (s + 1) * strip - 1)
     order = np.lexsort((origins[grid_id, 1], origins[grid_id, 0], s))
-    return origins[grid_id[order]], lo[order], hi[order], grid_id[order]
+    return origins[grid_id[order]], s[order]
 
 
 def _pairs(
-    origins: NDArray[np.int64],
-    cols: tuple[NDArray[np.int64], NDArray[np.int64]],
-    config: PlanConfig,
+    origins: NDArray[np.int64], strip: NDArray[np.int64], width: int, config: PlanConfig,
     out_shape: Pair,
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:  # fmt: skip
     """CSR of the chunks each entry touches (row-major within an entry)."""
-    oh, ch = config.out_hw[0], config.chunk_hw[0]
-    ncols = -(-out_shape[1] // config.chunk_hw[1])
-    y0 = origins[:, 0]
-    r0, c0 = y0 // ch, cols[0]
+    (oh, ow), (ch, cw) = config.out_hw, config.chunk_hw
+    ncols = -(-out_shape[1] // cw)
+    y0, x0 = origins[:, 0], origins[:, 1]
+    r0 = y0 // ch
+    c0 = np.maximum(x0 // cw, strip * width)
+    c1 = np.minimum((np.minimum(x0 + ow, out_shape[1]) - 1) // cw, (strip + 1) * width - 1)
     nr = (np.minimum(y0 + oh, out_shape[0]) - 1) // ch - r0 + 1
-    nc = cols[1] - c0 + 1
+    nc = c1 - c0 + 1
     counts = nr * nc
     ptr = np.zeros(len(origins) + 1, dtype=np.int64)
     np.cumsum(counts, out=ptr[1:])
@@ -383,7 +397,7 @@ def make_plan(
 ) -> Plan:
     """Build the plan; ``keep`` (from :mod:`harness.mask`) selects raster-order patches.
 
-    Index arrays are int32: 2**31 patches or chunk pairs is far beyond a 200k x 200k slide.
+    Origins are int32: 2**31 pixels is far beyond a 200k x 200k slide.
 
     ``strips=False`` forces one strip (plain raster order, no halo entries),
     as the dense reference uses; per chunk, the additions are the same.
@@ -402,26 +416,24 @@ def make_plan(
     n_kept = len(origins)
     grid = (-(-out_shape[0] // config.chunk_hw[0]), -(-out_shape[1] // config.chunk_hw[1]))
     one_strip = not strips or config.order == "raster"
-    strip = grid[1] if one_strip else strip_chunks_for(config, out_shape, channels, budget)
-    origins, lo, hi, grid_id = _strip_entries(origins, config, out_shape, strip)
-    pair_ptr, pair_chunk = _pairs(origins, (lo, hi), config, out_shape)
-    expected, use_ptr, use_patch = _uses(pair_ptr, pair_chunk, grid[0] * grid[1])
+    width = grid[1] if one_strip else strip_chunks_for(config, out_shape, channels, budget)
+    origins, strip = _strip_entries(origins, config, out_shape, width)
+    ptr, chunk = _pairs(origins, strip, width, config, out_shape)
+    expected = np.bincount(chunk, minlength=grid[0] * grid[1]).astype(np.int32)
+    del ptr, chunk  # a transient: entries' chunks are arithmetic (Plan.chunks_of)
+    starts = np.searchsorted(strip, np.arange(-(-grid[1] // width) + 1))
     window = gaussian_window(config.out_hw, config.sigma) if config.blend == "gaussian" else None
-    i32 = np.int32  # the plan is held for the whole run: int32 halves it (18 -> 9 MB at 64k)
     return Plan(
         config=config,
         slide_shape=slide_shape,
         slide_mpp=slide_mpp,
         out_shape=out_shape,
         channels=channels,
-        origins=origins.astype(i32),
-        pair_ptr=pair_ptr.astype(i32),
-        pair_chunk=pair_chunk.astype(i32),
+        origins=origins.astype(np.int32),  # held all run long: half of int64
+        strip_starts=starts.astype(np.int64),
         expected=expected,
-        use_ptr=use_ptr.astype(i32),
-        use_patch=use_patch.astype(i32),
-        strip_chunks=strip,
+        strip_chunks=width,
+        n_unique=n_kept,
         patches_masked_out=n_all - n_kept,
-        grid_id=grid_id.astype(i32),
         window=window,
     )
