@@ -25,7 +25,10 @@ def _pyplot() -> Any:
 
 
 def plot_scaling(records: Sequence[ScalingRecord], budget_bytes: int | None, path: Path) -> Path:
-    """Peak RSS against slide area, one line per engine, log-x, budget dashed.
+    """Peak RSS against slide area, one line per engine, log-log, budget dashed.
+
+    Log y keeps a flat streaming line readable beside a dense one that grows
+    by orders of magnitude.
 
     Skipped runs appear as hollow markers at their predicted peak.
     """
@@ -53,6 +56,7 @@ def plot_scaling(records: Sequence[ScalingRecord], budget_bytes: int | None, pat
     if budget_bytes is not None:
         ax.axhline(budget_bytes / _MIB, linestyle="--", color="grey", label="merge budget")
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("slide area (megapixels, level 0)")
     ax.set_ylabel("peak RSS (MiB)")
     ax.set_title("Peak memory against slide size")
