@@ -25,10 +25,11 @@ pytestmark = pytest.mark.memory
 
 MiB = 2**20
 #: Fixed ceiling for the summed RSS of the tree (parent + 2 workers), streaming, 64 MB budget.
-#: Measured: 662 MiB at 1024, 681 MiB at 4096 (about 250 MiB baseline per process, shared
-#: pages counted in each); dense at 4096 reached 913 MiB. Before the glibc fix in
-#: harness/_malloc.py the streaming tree reached 1.6 GB at 4096, and this gate caught it.
-CEILING_BYTES = 800 * MiB
+#: Measured here: 650-680 MiB at 1024 and 4096 (about 250 MiB baseline per process, shared
+#: pages counted in each); once, in a fresh clone, 810 MiB (baseline 317 MiB), hence the
+#: margin. Before the glibc fix in harness/_malloc.py the streaming tree reached 1.6 GB at
+#: 4096, and this gate caught it. The DESIGN target is < 1 GB whole-process.
+CEILING_BYTES = 1024 * MiB
 SMALL, LARGE = 1024, 4096  # 16x apart in area
 OPTIONS = SegmentOptions(model="passthrough", budget="64MB", batch_size=16, workers=2, mpp=0.5)
 
@@ -56,7 +57,7 @@ def test_streaming_tree_peak_under_fixed_ceiling(size: int, tmp_path: Path) -> N
 
 def test_gate_bites_on_dense_engine(tmp_path: Path) -> None:
     # GIVEN the dense reference, whose canvas grows with the slide (16 B per output pixel),
-    # on a slide 2.25x the larger one's area: a 604 MB canvas
-    m = _segment(6144, "dense", tmp_path)
+    # on a slide 4x the larger one's area: a 1.07 GB canvas
+    m = _segment(8192, "dense", tmp_path)
     # THEN the same ceiling rejects it: the gate can fail
     assert m.peak_rss_bytes > CEILING_BYTES, f"{m.peak_rss_bytes / MiB:.0f} MiB"
