@@ -75,11 +75,15 @@ def run_segment(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
+        memory = (
+            f"dense canvas {format_bytes(result.peak_live_bytes)}"
+            if result.engine == "dense"
+            else f"peak live {format_bytes(result.peak_live_bytes)} of "
+            f"{format_bytes(result.budget_bytes)}, spilled {format_bytes(result.spill_bytes)}"
+        )
         print(
             f"{result.output}: {result.patches} patches, {result.chunks_written} chunks in "
-            f"{result.wall_s:.1f} s ({result.megapixels_per_s:.1f} Mpx/s); peak live "
-            f"{format_bytes(result.peak_live_bytes)} of {format_bytes(result.budget_bytes)}, "
-            f"spilled {format_bytes(result.spill_bytes)}",
+            f"{result.wall_s:.1f} s ({result.megapixels_per_s:.1f} Mpx/s); {memory}",
             file=sys.stderr,
         )
     return 0
