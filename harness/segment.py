@@ -17,7 +17,7 @@ from harness._malloc import bound_malloc_caches
 from harness.errors import ConfigError, HarnessError
 from harness.loader import make_loader
 from harness.mask import patches_touching, resolve_mask
-from harness.merge import DenseMerger, Merger, StreamingMerger
+from harness.merge import DenseMerger, Merger, MergeStats, StreamingMerger
 from harness.models import ModelSpec, load_model, probe
 from harness.output import OutputWriter, ThreadedSink
 from harness.plan import Plan, PlanConfig, grid_origins, make_plan, output_shape
@@ -174,11 +174,7 @@ def segment(
     default); one thread is often faster on small CPU models when cores are shared.
     """
     t0 = time.time()
-    bound_malloc_caches()
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    _configure_process(threads)
     if engine not in ("streaming", "dense"):
         raise ConfigError(f"engine must be 'streaming' or 'dense', got {engine!r}")
     if isinstance(slide, str | Path):
@@ -193,22 +189,9 @@ def segment(
     plan = build_plan(slide, config, channels, budget, mask, engine)
     classes = spec.classes or tuple(f"class{k}" for k in range(channels))
     writer = OutputWriter(out, plan, _meta(slide, plan, spec, classes, engine), dtype, overwrite)
-    sink = ThreadedSink(writer)
-    merger: Merger = (
-        StreamingMerger(plan, sink, budget, spill_dir)
-        if engine == "streaming"
-        else DenseMerger(plan, sink)
-    )
     t_inf = time.time()
     opts = {"device": device, "batch_size": batch_size, "workers": workers, "progress": progress}
-    try:
-        _merge_all(spec, slide, plan, merger, opts)
-        t_fin = time.time()
-        stats = merger.finish()
-        sink.flush()
-    finally:
-        sink.stop()
-        merger.close()
+    stats, t_fin = _run_engine(spec, slide, plan, writer, engine, budget, spill_dir, opts)
     writer.mark_complete({"chunks_written": stats.chunks_written})
     t1 = time.time()
     return SegmentResult(
@@ -221,6 +204,43 @@ def segment(
         megapixels_per_s=plan.out_shape[0] * plan.out_shape[1] / 1e6 / max(t1 - t0, 1e-9),
         phases={"plan": (t_plan, t_inf), "inference": (t_inf, t_fin), "finalise": (t_fin, t1)},
     )  # fmt: skip
+
+
+def _configure_process(threads: int | None) -> None:
+    """Process-wide settings: bounded malloc caches, and torch threads when asked."""
+    bound_malloc_caches()
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def _run_engine(
+    spec: ModelSpec,
+    slide: Slide,
+    plan: Plan,
+    writer: OutputWriter,
+    engine: Engine,
+    budget: int,
+    spill_dir: str | Path | None,
+    opts: dict[str, Any],
+) -> tuple[MergeStats, float]:
+    """Run every batch through the merger; return its statistics and when inference ended."""
+    sink = ThreadedSink(writer)
+    merger: Merger = (
+        StreamingMerger(plan, sink, budget, spill_dir)
+        if engine == "streaming"
+        else DenseMerger(plan, sink)
+    )
+    try:
+        _merge_all(spec, slide, plan, merger, opts)
+        t_fin = time.time()
+        stats = merger.finish()
+        sink.flush()
+    finally:
+        sink.stop()
+        merger.close()
+    return stats, t_fin
 
 
 def _load(model: str | Path | nn.Module, config: PlanConfig) -> ModelSpec:
