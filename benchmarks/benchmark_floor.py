@@ -8,6 +8,7 @@ least 0.5). The two halves are timed alone too.
 from __future__ import annotations
 
 from benchmarks.common import (
+    OneShot,
     Scratch,
     floor_plan,
     grid,
@@ -19,15 +20,11 @@ from benchmarks.common import (
 )
 
 
-class PhysicalFloor:
+class PhysicalFloor(OneShot):
     """Reads of every plan patch plus one whole-chunk write of every output chunk."""
 
     params = (grid(2048, 8192, slow=(16384,)),)
     param_names = ("size",)
-    number = 1
-    repeat = (1, 3, 30.0)
-    rounds = 1
-    warmup_time = 0.0
     timeout = 600
 
     def setup(self, size: int) -> None:

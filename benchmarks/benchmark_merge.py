@@ -13,6 +13,7 @@ from benchmarks.common import (
     SLIDE_MPP,
     VARIANTS,
     NullSink,
+    OneShot,
     dense_fits,
     grid,
     parse_budget,
@@ -25,7 +26,7 @@ POOL = 8  # distinct batches, cycled: values do not change the merge cost
 CHANNELS = 3
 
 
-class Merge:
+class Merge(OneShot):
     """``StreamingMerger`` (per budget and order) vs ``DenseMerger`` over a whole plan."""
 
     params = (
@@ -33,10 +34,6 @@ class Merge:
         grid("streaming", "dense", "streaming-8MB", "raster-8MB"),
     )
     param_names = ("size", "variant")
-    number = 1
-    repeat = (1, 3, 30.0)
-    rounds = 1
-    warmup_time = 0.0
     timeout = 600
 
     def setup(self, size: int, variant: str) -> None:

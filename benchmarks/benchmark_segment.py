@@ -13,6 +13,7 @@ from typing import Any
 from benchmarks.common import (
     SKIP_SLOW,
     VARIANTS,
+    OneShot,
     Scratch,
     dense_fits,
     grid,
@@ -30,7 +31,7 @@ def _skip_invalid(size: int, variant: str, model: str = "passthrough") -> None:
         raise NotImplementedError("ASV_SKIP_SLOW: small CNN only on the smallest slide")
 
 
-class Segment:
+class Segment(OneShot):
     """Whole runs, streaming vs dense, per slide size and model (default 256 MB budget)."""
 
     params = (
@@ -39,10 +40,6 @@ class Segment:
         grid("passthrough", "tiny-cnn"),
     )
     param_names = ("size", "engine", "model")
-    number = 1
-    repeat = (1, 3, 30.0)
-    rounds = 1
-    warmup_time = 0.0
     timeout = 900
 
     def setup(self, size: int, engine: str, model: str) -> None:
@@ -68,15 +65,11 @@ class Segment:
         """Peak RSS of setup alone: subtract it from ``peakmem_segment``."""
 
 
-class SegmentBudget:
+class SegmentBudget(OneShot):
     """Streaming under a tight budget: narrow strips (halo re-runs) vs raster order (spills)."""
 
     params = (grid(2048, slow=(8192,)), grid("streaming", "streaming-8MB", "raster-8MB"))
     param_names = ("size", "variant")
-    number = 1
-    repeat = (1, 3, 30.0)
-    rounds = 1
-    warmup_time = 0.0
     timeout = 600
 
     def setup(self, size: int, variant: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.common import SLIDE_MPP, Scratch, grid, require
+from benchmarks.common import SLIDE_MPP, OneShot, Scratch, grid, require
 
 PATCH = 256
 PATCHES_PER_SIDE = 8  # 64 patches per read benchmark
@@ -50,15 +50,11 @@ class SyntheticRead:
             self.slide.read(box, mpp)  # type: ignore[attr-defined]
 
 
-class TiffWrite:
+class TiffWrite(OneShot):
     """``write_tiff`` of a whole synthetic slide, pyramid included, per codec."""
 
     params = (grid(2048, slow=(8192,)), grid("jpeg", "deflate"))
     param_names = ("size", "compression")
-    number = 1
-    repeat = (1, 3, 30.0)
-    rounds = 1
-    warmup_time = 0.0
     timeout = 600
 
     def setup(self, size: int, compression: str) -> None:

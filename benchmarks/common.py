@@ -75,6 +75,15 @@ def parse_budget(text: str) -> int:
     return int(float(text[:-2]) * units[text[-2:].upper()])
 
 
+class OneShot:
+    """asv timing settings for slow, whole-run benchmarks: one call per sample, no warm-up."""
+
+    number = 1
+    repeat = (1, 3, 30.0)
+    rounds = 1
+    warmup_time = 0.0
+
+
 class TiledSlide:
     """Stand-in slide for commits without ``SyntheticSlide``: a seeded 512 px tile, repeated.
 

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
     from harness.slides.base import Slide
 
-MaskSpec = "str | Path | NDArray[np.bool_] | None"
 AUTO_SIDE = 1024  # longest side of the coarse read for "auto"
 SATURATION_MIN = 20  # max-min over RGB; glass is grey-white (< 10)
 BRIGHTNESS_MAX = 200  # mean RGB; glass is > 230

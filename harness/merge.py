@@ -160,8 +160,8 @@ class ChunkLedger:
         self.live_bytes -= self.live.pop(c)
         return True
 
-    def touch(self, c: int, patch: int) -> None:
-        """Dry-run step: admit then consume (``patch`` is implied by the plan order)."""
+    def touch(self, c: int) -> None:
+        """Dry-run step: admit then consume (callers touch chunks in plan order)."""
         self.admit(c)
         self.consume(c)
 

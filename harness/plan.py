@@ -235,8 +235,7 @@ class Plan:
     def uses(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """Next-use table: chunk ``c`` is used by entries ``patch[ptr[c]:ptr[c+1]]``."""
         ptr, chunk = self.pairs()
-        _, use_ptr, use_patch = _uses(ptr, chunk, len(self.expected))
-        return use_ptr, use_patch
+        return _uses(ptr, chunk, self.expected)
 
     def chunk_box(self, c: int) -> tuple[int, int, int, int]:
         """``(y0, y1, x0, x1)`` of chunk ``c`` in output pixels, clipped to the output."""
@@ -265,7 +264,7 @@ class Plan:
         ledger = ChunkLedger(self, budget, dry_run=True)
         for i in range(self.n_patches):
             for c in self.chunks_of(i):
-                ledger.touch(c, i)
+                ledger.touch(c)
         rows, cols = self.chunk_grid
         return PlanSummary(
             patches=self.n_unique,
@@ -366,15 +365,14 @@ def _pairs(
 
 
 def _uses(
-    pair_ptr: NDArray[np.int64], pair_chunk: NDArray[np.int64], n_chunks: int
-) -> tuple[NDArray[np.int32], NDArray[np.int64], NDArray[np.int64]]:
-    """Per-chunk patch counts and the CSR of patches using each chunk, in order."""
+    pair_ptr: NDArray[np.int64], pair_chunk: NDArray[np.int64], expected: NDArray[np.int32]
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """CSR of the entries using each chunk, in processing order (``expected`` = row lengths)."""
     pair_patch = np.repeat(np.arange(len(pair_ptr) - 1, dtype=np.int64), np.diff(pair_ptr))
     perm = np.argsort(pair_chunk, kind="stable")
-    expected = np.bincount(pair_chunk, minlength=n_chunks).astype(np.int32)
-    use_ptr = np.zeros(n_chunks + 1, dtype=np.int64)
+    use_ptr = np.zeros(len(expected) + 1, dtype=np.int64)
     np.cumsum(expected, out=use_ptr[1:])
-    return expected, use_ptr, pair_patch[perm]
+    return use_ptr, pair_patch[perm]
 
 
 def gaussian_window(out_hw: Pair, sigma: float) -> NDArray[np.float32]:

@@ -317,26 +317,37 @@ def run_command(
                 waited = _wait(proc, sampler, timeout_s)
             wall = time.perf_counter() - t0
         ended = _read_rusage(rusage, waited.returncode, waited.timed_out)
-        timeline = sampler.timeline()
-        maxrss = ended.ru_maxrss_bytes
-        return Measurement(
-            argv=tuple(cmd),
-            returncode=ended.returncode,
-            timed_out=ended.timed_out,
-            started_at=started,
-            wall_s=wall,
-            cpu_user_s=ended.cpu_user_s,
-            cpu_sys_s=ended.cpu_sys_s,
-            # The kernel's single-process peak is a floor for the tree's: never report
-            # less, even for a spike or a run shorter than the sampling period.
-            peak_rss_bytes=max(timeline.peak_bytes, maxrss),
-            ru_maxrss_bytes=maxrss,
-            baseline_rss_bytes=_read_baseline(baseline),
-            timeline=timeline,
-            stdout=out_path.read_text(errors="replace"),
-            stderr=err_path.read_text(errors="replace"),
-            memray=read_capture(memray_file) if memray_file and memray_file.is_file() else None,
-        )
+        return _measurement(cmd, ended, sampler.timeline(), (started, wall), Path(tmp), memray_file)
+
+
+def _measurement(
+    cmd: list[str],
+    ended: _Exit,
+    timeline: RssTimeline,
+    times: tuple[float, float],
+    tmp: Path,
+    memray_file: Path | None,
+) -> Measurement:
+    """Assemble a command's record from its rusage, RSS timeline and files in ``tmp``."""
+    maxrss = ended.ru_maxrss_bytes
+    return Measurement(
+        argv=tuple(cmd),
+        returncode=ended.returncode,
+        timed_out=ended.timed_out,
+        started_at=times[0],
+        wall_s=times[1],
+        cpu_user_s=ended.cpu_user_s,
+        cpu_sys_s=ended.cpu_sys_s,
+        # The kernel's single-process peak is a floor for the tree's: never report
+        # less, even for a spike or a run shorter than the sampling period.
+        peak_rss_bytes=max(timeline.peak_bytes, maxrss),
+        ru_maxrss_bytes=maxrss,
+        baseline_rss_bytes=_read_baseline(tmp / "baseline.json"),
+        timeline=timeline,
+        stdout=(tmp / "stdout").read_text(errors="replace"),
+        stderr=(tmp / "stderr").read_text(errors="replace"),
+        memray=read_capture(memray_file) if memray_file and memray_file.is_file() else None,
+    )
 
 
 def run_callable(
