@@ -24,9 +24,12 @@ class Comparison:
     bitwise_equal: bool
     coverage_mismatch_px: int  # pixels covered in one output and not the other
     label_agreement: float  # share of pixels both cover with the same label
+    probabilities_compared: bool = True  # False where an output holds labels only
 
     def within(self, atol: float) -> bool:
-        """Same coverage and probabilities within ``atol``."""
+        """Same coverage and probabilities within ``atol`` (labels equal, without them)."""
+        if not self.probabilities_compared:
+            return self.coverage_mismatch_px == 0 and self.label_agreement == 1.0
         return self.coverage_mismatch_px == 0 and self.max_abs_diff <= atol
 
     def to_dict(self) -> dict[str, Any]:
@@ -35,29 +38,42 @@ class Comparison:
 
 
 def compare_outputs(a: str | Path, b: str | Path, rows: int = 1024) -> Comparison:
-    """Compare the ``probabilities`` and ``labels`` of outputs ``a`` and ``b``."""
+    """Compare the ``probabilities`` and ``labels`` of outputs ``a`` and ``b``.
+
+    Where either output holds labels only, coverage comes from the labels and
+    ``max_abs_diff`` is NaN.
+    """
     ga, gb = open_output(a), open_output(b)
-    pa, pb = output_array(ga, "probabilities"), output_array(gb, "probabilities")
     la_all, lb_all = output_array(ga, "labels"), output_array(gb, "labels")
-    if pa.shape != pb.shape:
+    if la_all.shape != lb_all.shape:
+        raise HarnessError(f"outputs differ in shape: {la_all.shape} vs {lb_all.shape}")
+    with_probs = "probabilities" in ga and "probabilities" in gb
+    pa = output_array(ga, "probabilities") if with_probs else None
+    pb = output_array(gb, "probabilities") if with_probs else None
+    if pa is not None and pb is not None and pa.shape != pb.shape:
         raise HarnessError(f"outputs differ in shape: {pa.shape} vs {pb.shape}")
     worst, equal, mismatch, agree, both = 0.0, True, 0, 0, 0
-    for y in range(0, pa.shape[0], rows):
-        xa, xb = np.asarray(pa[y : y + rows]), np.asarray(pb[y : y + rows])
-        equal = equal and np.array_equal(xa, xb, equal_nan=True)
-        na, nb = np.isnan(xa), np.isnan(xb)
-        mismatch += int(np.count_nonzero(na != nb))
-        ok = ~(na | nb)
-        if ok.any():
-            worst = max(worst, float(np.abs(xa[ok].astype(np.float64) - xb[ok]).max()))
+    for y in range(0, la_all.shape[0], rows):
         la, lb = np.asarray(la_all[y : y + rows]), np.asarray(lb_all[y : y + rows])
+        if pa is not None and pb is not None:
+            xa, xb = np.asarray(pa[y : y + rows]), np.asarray(pb[y : y + rows])
+            equal = equal and np.array_equal(xa, xb, equal_nan=True)
+            na, nb = np.isnan(xa), np.isnan(xb)
+            ok = ~(na | nb)
+            if ok.any():
+                worst = max(worst, float(np.abs(xa[ok].astype(np.float64) - xb[ok]).max()))
+        else:
+            equal = equal and np.array_equal(la, lb)
+            na, nb = la == NO_LABEL, lb == NO_LABEL
+        mismatch += int(np.count_nonzero(na != nb))
         covered = (la != NO_LABEL) & (lb != NO_LABEL)
         both += int(np.count_nonzero(covered))
         agree += int(np.count_nonzero(covered & (la == lb)))
     return Comparison(
-        shape=tuple(pa.shape),
-        max_abs_diff=worst,
+        shape=tuple(la_all.shape if pa is None else pa.shape),
+        max_abs_diff=worst if with_probs else float("nan"),
         bitwise_equal=equal,
         coverage_mismatch_px=mismatch,
         label_agreement=agree / both if both else 1.0,
+        probabilities_compared=with_probs,
     )

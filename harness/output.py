@@ -2,7 +2,7 @@
 
 Layout of ``OUT.zarr``::
 
-    probabilities   (H, W, C)  float32 (or float16), fill NaN
+    probabilities   (H, W, C)  float32 (or float16), fill NaN  (absent with labels only)
     labels          (H, W)     uint8, fill 255
     attrs["wsi_harness"] = {version, complete, mpp, classes, model, plan, slide, ...}
 
@@ -73,6 +73,7 @@ class OutputWriter:
         meta: dict[str, Any],
         dtype: str = "float32",
         overwrite: bool = False,
+        probabilities: bool = True,
     ) -> None:
         if dtype not in OUTPUT_DTYPES:
             raise OutputError(f"output dtype must be one of {OUTPUT_DTYPES}, got {dtype!r}")
@@ -82,7 +83,7 @@ class OutputWriter:
         compress = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
         try:
             self.group = zarr.open_group(self.path, mode="w-", zarr_format=3)
-            self.probs = self.group.create_array(
+            self.probs = None if not probabilities else self.group.create_array(
                 "probabilities", shape=(h, w, c), chunks=(ch, cw, c), dtype=dtype,
                 fill_value=np.nan, compressors=compress, dimension_names=("y", "x", "class"),
             )  # fmt: skip
@@ -106,7 +107,8 @@ class OutputWriter:
         """Write one finalised chunk (``box = (y0, y1, x0, x1)``)."""
         y0, y1, x0, x1 = box
         try:
-            self.probs[y0:y1, x0:x1, :] = probs.astype(self.dtype, copy=False)
+            if self.probs is not None:
+                self.probs[y0:y1, x0:x1, :] = probs.astype(self.dtype, copy=False)
             self.labels[y0:y1, x0:x1] = labels
         except OSError as exc:
             raise self._os_error(exc, "write") from exc

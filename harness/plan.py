@@ -249,6 +249,17 @@ class Plan:
         y0, y1, x0, x1 = self.chunk_box(c)
         return (y1 - y0) * (x1 - x0) * (self.channels + 1) * ACCUMULATOR_BYTES
 
+    def read_band(self) -> Pair:
+        """Level-0 ``(height, width)`` of slide the reads sweep at any moment.
+
+        Consecutive patch rows of a strip overlap, so the input rows of the
+        current and the next patch row, across the widest strip plus the patch
+        margin, are what a read cache must hold to decode every tile once.
+        """
+        (ph, pw), (sh, _), cw = self.config.patch_hw, self.config.stride_hw, self.config.chunk_hw[1]
+        width = min(self.strip_chunks * cw, self.out_shape[1]) + pw
+        return math.ceil((ph + sh) * self.scale), math.ceil(width * self.scale)
+
     def input_box(self, i: int) -> Box:
         """Level-0 box of patch ``i``'s input (may extend past the slide: padded)."""
         (ph, pw), (oh, ow) = self.config.patch_hw, self.config.out_hw

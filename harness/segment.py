@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from harness._malloc import bound_malloc_caches
+from harness import _malloc
 from harness.errors import ConfigError, HarnessError
 from harness.loader import make_loader
 from harness.mask import patches_touching, resolve_mask
@@ -140,9 +140,11 @@ def _merge_all(
     device = opts["device"]
     loader = make_loader(slide, plan, opts["batch_size"], opts["workers"], device != "cpu")
     bar = tqdm(total=plan.n_patches, unit="patch", disable=not opts["progress"], smoothing=0.1)
+    trimmer = _malloc.HeapTrimmer(_malloc.trim_interval(opts["workers"]))
     with bar:
         for batch, indices in loader:
             merger.add(_infer(spec, batch, plan, device), indices.numpy())
+            trimmer.tick()
             bar.update(len(indices))
             bar.set_postfix(live=f"{merger.live_bytes / 2**20:.0f}MiB", refresh=False)
 
@@ -156,7 +158,7 @@ def segment(
     engine: Engine = "streaming",
     budget: int = DEFAULT_BUDGET,
     mask: object = None,
-    batch_size: int = 16,
+    batch_size: int = 8,
     workers: int = 0,
     device: str = "cpu",
     overwrite: bool = False,
@@ -164,6 +166,7 @@ def segment(
     dtype: str = "float32",
     spill_dir: str | Path | None = None,
     threads: int | None = None,
+    probabilities: bool = True,
 ) -> SegmentResult:
     """Segment ``slide`` with ``model`` into the zarr group ``out``.
 
@@ -172,6 +175,7 @@ def segment(
     ``"auto"``, an image path or a boolean array (see :mod:`harness.mask`).
     ``threads`` sets torch's intra-op threads for this process (``None``: torch's
     default); one thread is often faster on small CPU models when cores are shared.
+    ``probabilities=False`` writes the label map only (the merge is the same).
     """
     t0 = time.time()
     _configure_process(threads)
@@ -187,8 +191,12 @@ def segment(
     _write_baseline()
     t_plan = time.time()
     plan = build_plan(slide, config, channels, budget, mask, engine)
+    fit_cache = getattr(slide, "fit_cache", None)
+    if callable(fit_cache):  # decoded-tile caches: hold what the sweep revisits, no more
+        fit_cache(plan.read_band())
     classes = spec.classes or tuple(f"class{k}" for k in range(channels))
-    writer = OutputWriter(out, plan, _meta(slide, plan, spec, classes, engine), dtype, overwrite)
+    meta = _meta(slide, plan, spec, classes, engine)
+    writer = OutputWriter(out, plan, meta, dtype, overwrite, probabilities)
     t_inf = time.time()
     opts = {"device": device, "batch_size": batch_size, "workers": workers, "progress": progress}
     stats, t_fin = _run_engine(spec, slide, plan, writer, engine, budget, spill_dir, opts)
@@ -207,8 +215,8 @@ def segment(
 
 
 def _configure_process(threads: int | None) -> None:
-    """Process-wide settings: bounded malloc caches, and torch threads when asked."""
-    bound_malloc_caches()
+    """Process-wide settings: the malloc policy, and torch threads when asked."""
+    _malloc.configure()
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"threads must be >= 1, got {threads}")

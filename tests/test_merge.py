@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from harness.mask import patches_touching
 from harness.merge import NO_LABEL, DenseMerger, StreamingMerger, finalise
@@ -109,3 +110,22 @@ def test_counts_do_not_saturate() -> None:
     merger.finish()
     # THEN the mean of ones is exactly one everywhere
     assert np.all(sink.probs == 1.0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.integers(1, 5),
+    st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0]), min_size=5 * 3 * 4, max_size=5 * 3 * 4),
+)
+def test_finalise_labels_are_argmax_with_first_maximum_on_ties(classes: int, values) -> None:
+    # GIVEN sums with many ties between classes (values from a small set)
+    sums = np.array(values, np.float32)[: classes * 12].reshape(classes, 3, 4)
+    weights = np.ones((3, 4), np.float32)
+    weights[0, 0] = 0
+    # WHEN normalised
+    _, labels = finalise(sums, weights)
+    # THEN labels are numpy's argmax (first maximum) wherever covered
+    expected = (sums / np.where(weights > 0, weights, 1)).argmax(axis=0)
+    assert labels[0, 0] == NO_LABEL
+    covered = weights > 0
+    assert np.array_equal(labels[covered], expected[covered])

@@ -107,3 +107,14 @@ def test_mask_filters_patches_and_is_reported() -> None:
     plan = make_plan((128, 128), 1.0, config, 3, BIG, keep)
     assert plan.n_patches == 2 and plan.patches_masked_out == 14
     assert np.count_nonzero(plan.expected) == 2
+
+
+def test_read_band_spans_two_patch_rows_across_the_widest_strip() -> None:
+    # GIVEN a plan at half the slide's resolution, in strips of 2 chunks
+    config = PlanConfig(patch=64, stride=32, chunk=32, mpp=1.0)
+    plan = make_plan((2000, 3000), 0.5, config, 3, min_budget(config, 3) * 2)
+    assert plan.strip_chunks < plan.chunk_grid[1]
+    # THEN the band is one patch plus one stride high and a strip plus a patch wide, at level 0
+    h, w = plan.read_band()
+    assert h == (64 + 32) * 2
+    assert w == (plan.strip_chunks * 32 + 64) * 2

@@ -185,3 +185,37 @@ def test_read_only_filesystem_is_one_clear_error(noise_slide, tiny_disk) -> None
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
     with pytest.raises(OutputError, match="cannot create"):
         _run(noise_slide, tiny_disk / "o.zarr")
+
+
+def test_labels_only_writes_the_same_labels_and_no_probabilities(noise_slide, tmp_path) -> None:
+    # GIVEN a full run and a labels-only run of the same slide and model
+    full = _run(noise_slide, tmp_path / "f.zarr", model="tiny-cnn")
+    only = _run(noise_slide, tmp_path / "l.zarr", model="tiny-cnn", probabilities=False)
+    # THEN the labels-only store has no probability array and the same labels
+    group = open_output(only.output)
+    assert "probabilities" not in group
+    assert np.array_equal(group["labels"][:], open_output(full.output)["labels"][:])
+    # AND compare falls back to the labels and says so
+    cmp = compare_outputs(full.output, only.output)
+    assert not cmp.probabilities_compared and np.isnan(cmp.max_abs_diff)
+    assert cmp.within(0.0) and cmp.label_agreement == 1.0
+
+
+def test_tiny_cnn_is_the_275_parameter_reference_model() -> None:
+    # The side-by-side targets were set with a 3-conv model of 275 parameters.
+    from harness.models import load_model
+
+    module = load_model("tiny-cnn").module
+    assert sum(p.numel() for p in module.parameters()) == 275
+
+
+def test_heap_trimmer_trims_every_n_batches() -> None:
+    from harness._malloc import HeapTrimmer, configure
+
+    assert configure()  # glibc on the machines this runs on
+    trimmer = HeapTrimmer(every=4)
+    for _ in range(9):
+        trimmer.tick()
+    assert trimmer.trims == 2
+    with pytest.raises(ValueError, match="every"):
+        HeapTrimmer(every=0)

@@ -203,3 +203,18 @@ def test_auto_levels_stop_near_1024(tmp_path: Path) -> None:
     path = write_tiff(SyntheticSlide(300, 4100), tmp_path / "wide.tif", tile=512, progress=False)
     assert TiffSlide(path).level_shapes == ((300, 4100), (150, 2050), (75, 1025), (38, 513))
     shutil.rmtree(tmp_path)
+
+
+def test_fit_cache_shrinks_to_the_band_and_travels_with_pickles(written) -> None:  # type: ignore[no-untyped-def]
+    # GIVEN a slide opened with a large cache (256 px tiles)
+    slide = TiffSlide(written["jpeg"], cache_bytes=64 << 20)
+    # WHEN fitted to a 384 x 1000 px band
+    got = slide.fit_cache((384, 1000))
+    # THEN it holds whole tiles over the band plus one each way, and no more
+    assert got == (2 + 1) * 256 * (4 + 1) * 256 * 3 == slide.cache.max_bytes
+    slide.read((0, 0, 1500, 1100))
+    assert slide.cache.nbytes <= got
+    # AND a process that unpickles the slide (a loader worker) gets the same bound
+    assert pickle.loads(pickle.dumps(slide)).cache.max_bytes == got
+    # AND fitting never grows the cache past what it was opened with
+    assert TiffSlide(written["jpeg"], cache_bytes=1000).fit_cache((4096, 4096)) == 1000

@@ -25,7 +25,7 @@ def _add_segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", type=int, default=256)
     p.add_argument("--stride", type=int, default=128)
     p.add_argument("--mpp", type=float, default=0.5)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--mask", default="none", help="none, auto or a mask path")
     p.add_argument("--device", default="cpu")

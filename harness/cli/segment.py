@@ -25,11 +25,14 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", default="256MB", help="merge buffer budget (256MB, 1GiB, ...)")
     p.add_argument("--mask", default="none", help="none, auto, or a mask image path")
     p.add_argument("--engine", choices=("streaming", "dense"), default="streaming")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=0, help="DataLoader reader processes")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument(
+        "--labels-only", action="store_true", help="write the label map, not the probabilities"
+    )
     p.add_argument("--spill-dir", default=None, help="scratch folder for raster-order spills")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-progress", action="store_true")
@@ -70,7 +73,7 @@ def run_segment(args: argparse.Namespace) -> int:
         budget=parse_bytes(args.budget), mask=args.mask, batch_size=args.batch_size,
         workers=args.workers, device=args.device, overwrite=args.overwrite,
         progress=not args.no_progress, dtype=args.dtype, spill_dir=args.spill_dir,
-        threads=args.threads,
+        threads=args.threads, probabilities=not args.labels_only,
     )  # fmt: skip
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -97,8 +100,13 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(cmp.to_dict()))
     else:
+        probs = (
+            f"max abs difference {cmp.max_abs_diff:.3g}"
+            if cmp.probabilities_compared
+            else "labels only (an output has no probabilities)"
+        )
         print(
-            f"max abs difference {cmp.max_abs_diff:.3g} (bitwise equal: {cmp.bitwise_equal}), "
+            f"{probs} (bitwise equal: {cmp.bitwise_equal}), "
             f"coverage mismatch {cmp.coverage_mismatch_px} px, "
             f"label agreement {100 * cmp.label_agreement:.4f} %"
         )

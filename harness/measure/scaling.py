@@ -44,7 +44,7 @@ class SegmentOptions:
     mpp: float = 0.5
     budget: str = "256MB"
     mask: str = "none"
-    batch_size: int = 16
+    batch_size: int = 8
     workers: int = 0
     device: str = "cpu"
     extra: tuple[str, ...] = ()

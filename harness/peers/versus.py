@@ -183,6 +183,8 @@ def ours_argv(cfg: VersusConfig, slide: Path, out: Path) -> list[str]:
     argv += ["--out", str(out), "--model", cfg.model, "--patch", str(cfg.patch)]
     argv += ["--stride", str(cfg.stride), "--mpp", str(cfg.mpp), "--mask", "none"]
     argv += ["--engine", "streaming", "--json", "--overwrite", "--no-progress"]
+    # The same outputs as the peer's run: its default writes the label map only.
+    argv += [] if cfg.peer_probabilities else ["--labels-only"]
     return argv + (["--budget", cfg.budget] if cfg.budget else [])
 
 

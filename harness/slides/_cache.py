@@ -56,6 +56,14 @@ class TileCache:
                 self._evict()
         return tile
 
+    def resize(self, max_bytes: int) -> None:
+        """Set the capacity, evicting least-recently-used tiles beyond it."""
+        if max_bytes < 0:
+            raise ValueError(f"cache size must be >= 0 bytes, got {max_bytes}")
+        with self._lock:
+            self.max_bytes = int(max_bytes)
+            self._evict()
+
     def clear(self) -> None:
         """Drop every tile."""
         with self._lock:

@@ -225,7 +225,7 @@ class TiffSlide:
         self._fd = os.open(self._path, os.O_RDONLY)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self._path, "mpp": self._mpp_arg, "cache_bytes": self._cache_bytes}
+        return {"path": self._path, "mpp": self._mpp_arg, "cache_bytes": self.cache.max_bytes}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["path"], state["mpp"], state["cache_bytes"])  # type: ignore[misc]
@@ -270,6 +270,20 @@ class TiffSlide:
     def level_shapes(self) -> tuple[tuple[int, int], ...]:
         """``(height, width)`` of each stored level."""
         return tuple(lv.shape for lv in self._levels)
+
+    def fit_cache(self, band_hw: tuple[int, int]) -> int:
+        """Shrink the tile cache to what reads sweeping ``band_hw`` (level-0 px) revisit.
+
+        Rounds the band out to whole level-0 tiles plus one tile each way (a
+        bound for every lower level too) and never grows the cache beyond the
+        ``cache_bytes`` it was opened with. Returns the new capacity in bytes.
+        """
+        th, tw = self._levels[0].segment
+        rows = (-(-band_hw[0] // th) + 1) * th
+        cols = (-(-band_hw[1] // tw) + 1) * tw
+        need = min(rows * cols * 3, self._cache_bytes)
+        self.cache.resize(need)
+        return need
 
     def read(self, box: Box, mpp: float | None = None) -> NDArray[np.uint8]:
         """Read ``box`` at ``mpp`` from the best level; white outside the slide."""
