@@ -79,7 +79,7 @@ class Merger(Protocol):
 def finalise(
     sums: NDArray[np.float32], weights: NDArray[np.float32]
 ) -> tuple[NDArray[np.float32], NDArray[np.uint8]]:
-    """Normalise accumulators to ``(h, w, C)`` probabilities and ``(h, w)`` labels.
+    """Normalise accumulators to ``(h, w, C)`` probabilities (a view) and ``(h, w)`` labels.
 
     Uncovered pixels (weight 0) get NaN probabilities and :data:`NO_LABEL`.
     """
@@ -94,7 +94,9 @@ def finalise(
         labels[probs[c] > best] = c
         np.maximum(best, probs[c], out=best)
     labels[~covered] = NO_LABEL
-    return np.ascontiguousarray(probs.transpose(1, 2, 0)), labels
+    # A view: the store copies each chunk into its own encode buffer anyway, and a
+    # labels-only store never reads it.
+    return probs.transpose(1, 2, 0), labels
 
 
 def _accumulate(

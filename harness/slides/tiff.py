@@ -192,7 +192,9 @@ class TiffSlide:
     mpp
         Microns per pixel, overriding (or supplying missing) resolution metadata.
     cache_bytes
-        Capacity of the decoded-tile LRU cache.
+        Capacity of the decoded-tile LRU cache; :meth:`fit_cache` shrinks it to
+        what a run revisits (two rows of 512 px tiles across a 28k px strip, the
+        widest at the default budget from 32k slides up, need 84 MiB).
 
     Notes
     -----
@@ -202,7 +204,7 @@ class TiffSlide:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], mpp: float | None = None, cache_bytes: int = 64 << 20
+        self, path: str | os.PathLike[str], mpp: float | None = None, cache_bytes: int = 128 << 20
     ) -> None:
         self._path = Path(path)
         self._mpp_arg = mpp
