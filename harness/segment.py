@@ -97,14 +97,17 @@ def _prepare_model(spec: ModelSpec, config: PlanConfig, device: str) -> int:
 def _infer(spec: ModelSpec, batch: torch.Tensor, plan: Plan, device: str) -> NDArray[np.float32]:
     """Run one batch and check its shape and values."""
     with torch.inference_mode():
-        y = spec.module(spec.preprocess(batch.to(device, non_blocking=True)))
+        pixels = batch.to(device, non_blocking=True)
+        # Float batches come preprocessed by the reader (channels-last float32).
+        raw = pixels.dtype == torch.uint8
+        y = spec.module(spec.preprocess(pixels) if raw else pixels.permute(0, 3, 1, 2))
     expected = (batch.shape[0], plan.channels, *plan.config.out_hw)
     if tuple(y.shape) != expected:
         raise ModelOutputError(f"model {spec.name} returned {tuple(y.shape)}, expected {expected}")
     out = np.asarray(y.to(torch.float32).cpu().numpy())
-    # A sum is NaN/inf when any element is (probabilities never overflow float32);
-    # one reduction costs a fraction of an elementwise isfinite pass.
-    if not np.isfinite(out.sum(dtype=np.float64)):
+    # A sum is NaN/inf when any element is: one reduction costs a fraction of an
+    # elementwise isfinite pass, which runs only to rule out a float32 overflow.
+    if not np.isfinite(out.sum()) and not np.isfinite(out).all():
         raise ModelOutputError(f"model {spec.name} returned NaN or inf probabilities")
     return out
 
@@ -138,7 +141,11 @@ def _merge_all(
 ) -> None:
     """The main loop: batches in plan order through the model into the merger."""
     device = opts["device"]
-    loader = make_loader(slide, plan, opts["batch_size"], opts["workers"], device != "cpu")
+    on_cpu = device == "cpu"  # elsewhere uint8 batches travel and are preprocessed there
+    loader = make_loader(
+        slide, plan, opts["batch_size"], opts["workers"], not on_cpu,
+        spec.preprocess if on_cpu else None,
+    )  # fmt: skip
     bar = tqdm(total=plan.n_patches, unit="patch", disable=not opts["progress"], smoothing=0.1)
     trimmer = _malloc.HeapTrimmer(_malloc.trim_interval(opts["workers"]))
     with bar:

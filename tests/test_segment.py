@@ -12,6 +12,7 @@ import zarr
 from harness.compare import compare_outputs
 from harness.errors import ConfigError
 from harness.merge import NO_LABEL
+from harness.models import Preprocess
 from harness.output import OutputError, open_output
 from harness.plan import PlanConfig, min_budget
 from harness.segment import ModelOutputError, segment
@@ -219,3 +220,19 @@ def test_heap_trimmer_trims_every_n_batches() -> None:
     assert trimmer.trims == 2
     with pytest.raises(ValueError, match="every"):
         HeapTrimmer(every=0)
+
+
+@pytest.mark.parametrize(
+    "pre",
+    [
+        pytest.param(Preprocess(), id="scale"),
+        pytest.param(Preprocess(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)), id="normalise"),
+    ],
+)
+def test_preprocess_array_is_the_tensor_path_bitwise(pre: Preprocess) -> None:
+    # The CPU reader preprocesses in numpy; CUDA runs and the TIAToolbox wrapper use torch.
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 17, 19, 3), dtype=np.uint8)
+    via_torch = pre(torch.from_numpy(pixels))
+    via_numpy = torch.from_numpy(pre.array(pixels)).permute(0, 3, 1, 2)
+    assert torch.equal(via_torch, via_numpy)
+    assert via_numpy.stride() == via_torch.stride()  # both channels-last

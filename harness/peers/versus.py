@@ -10,6 +10,7 @@ with the reason recorded, when the prediction exceeds a safe share of RAM.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field, replace
@@ -210,6 +211,9 @@ def measure_engine(
     from harness.errors import HarnessError
     from harness.measure import run_command
 
+    # Let the previous run's dirty pages (a multi-GB zarr) reach the disk first, so
+    # its writeback is not billed to this run.
+    os.sync()
     m = run_command(argv, cwd=REPO_ROOT, timeout_s=timeout_s)
     try:
         detail = m.stdout_json()
