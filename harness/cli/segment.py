@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -61,9 +63,17 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def run_segment(args: argparse.Namespace) -> int:
     """Build the config from ``args`` and run :func:`harness.segment.segment`."""
+    # Before torch loads its OpenMP runtime: idle OpenMP threads then sleep instead of
+    # spinning, leaving the cores to the reader, merger and writer between model calls.
+    # Measured at 8192² with tiny-cnn on 2 cores: 20 CPU-s instead of 27, wall -7 %.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from harness.plan import PlanConfig
     from harness.segment import segment
 
+    # Nothing imported so far (torch alone is about a million objects) will become
+    # garbage: keep it out of every cyclic collection, the one at exit included.
+    # Measured: 0.5-0.6 s less per run, most of it interpreter shutdown.
+    gc.freeze()
     config = PlanConfig(
         patch=args.patch, stride=args.stride, mpp=args.mpp, output_patch=args.output_patch,
         chunk=args.chunk, blend=args.blend, order=args.order,
