@@ -198,9 +198,7 @@ def segment(
     _write_baseline()
     t_plan = time.time()
     plan = build_plan(slide, config, channels, budget, mask, engine)
-    fit_cache = getattr(slide, "fit_cache", None)
-    if callable(fit_cache):  # decoded-tile caches: hold what the sweep revisits, no more
-        fit_cache(plan.read_band())
+    _fit_read_cache(slide, plan)
     classes = spec.classes or tuple(f"class{k}" for k in range(channels))
     meta = _meta(slide, plan, spec, classes, engine)
     writer = OutputWriter(out, plan, meta, dtype, overwrite, probabilities)
@@ -208,9 +206,25 @@ def segment(
     opts = {"device": device, "batch_size": batch_size, "workers": workers, "progress": progress}
     stats, t_fin = _run_engine(spec, slide, plan, writer, engine, budget, spill_dir, opts)
     writer.mark_complete({"chunks_written": stats.chunks_written})
-    t1 = time.time()
+    times = (t0, t_plan, t_inf, t_fin, time.time())
+    return _result(str(out), engine, spec.name, slide, plan, stats, budget, times)
+
+
+def _fit_read_cache(slide: Slide, plan: Plan) -> None:
+    """Shrink a slide's decoded-tile cache (where it has one) to what the sweep revisits."""
+    fit_cache = getattr(slide, "fit_cache", None)
+    if callable(fit_cache):
+        fit_cache(plan.read_band())
+
+
+def _result(
+    out: str, engine: Engine, model: str, slide: Slide, plan: Plan, stats: MergeStats,
+    budget: int, times: tuple[float, float, float, float, float],
+) -> SegmentResult:  # fmt: skip
+    """The record of a finished run; ``times`` = start, plan, inference, finalise, end."""
+    t0, t_plan, t_inf, t_fin, t1 = times
     return SegmentResult(
-        output=str(out), engine=engine, model=spec.name, patches=plan.n_unique,
+        output=out, engine=engine, model=model, patches=plan.n_unique,
         patch_runs=plan.n_patches, patches_masked_out=plan.patches_masked_out,
         chunks_written=stats.chunks_written,
         peak_live_bytes=stats.peak_live_bytes, spill_bytes=stats.spill_bytes,
