@@ -15,25 +15,33 @@ defaults work against a long loop of such batches:
 
 So :func:`configure` fixes the thresholds high (:data:`THRESHOLD`), so batch
 buffers are recycled from the heap without faults, and :class:`HeapTrimmer`
-calls ``malloc_trim(0)`` every :data:`TRIM_EVERY` batches, which hands the
-free pages inside the heap back to the kernel: what the heap keeps between
-trims is bounded by a couple of batches' buffers. Every 16 batches was too
-rare: the peak then grew with the length of the run (streaming, 32 MB budget,
-passthrough: +13.9 % from 4096² to 16384², against +0.9 % when trimming every
-2 batches, which kept the tiny model's speed-up).
+bounds what the heap keeps: it reads the process's RSS after each batch and calls
+``malloc_trim(0)`` (which hands every free page inside the heap back to the
+kernel) only when RSS has grown more than :data:`SLACK` above its level after
+the first batch since the last trim.
 
-With DataLoader workers the main process receives every batch as a message,
-whose small long-lived allocations land inside the freed batch blocks: the
-heap then grew by about one float batch per batch (measured: 567 MiB peak with
-a trim every 16 batches, 302 MiB with one every batch, passthrough at 4096 x
-4096, batch 16). :func:`trim_interval` therefore trims after every batch there.
+Why a growth trigger and not a batch count. The heap does creep: small
+long-lived allocations (decoded tiles, chunk accumulators, Python objects, and
+with DataLoader workers every received batch message) land in the holes freed
+batch buffers leave, so the next batch's buffers need fresh pages. Trimming
+every 16 batches let the peak grow with the length of the run (streaming,
+32 MB budget, passthrough, 1 thread: +13.9 % from 4096² to 16384²); trimming
+every 2 batches bounded it (+0.9 %) but each trim also discards the recycled
+batch buffers, so the next batch faults them in again: 1.0 M minor faults and
+5 s of sys time at 8192² with the tiny model, 28 % slower than never trimming.
+A growth trigger keeps both: the peak cannot creep more than :data:`SLACK`
+whatever the run's length, and a steady heap is never trimmed.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
+from pathlib import Path
 from typing import Any
+
+from harness.units import parse_bytes
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -42,8 +50,13 @@ THRESHOLD = 32 << 20
 """Fixed mmap and trim thresholds: larger than a batch's buffers at the defaults."""
 ARENAS = 2
 """malloc arenas: the main thread's and one for the writer and loader threads."""
-TRIM_EVERY = 2
-"""Batches between ``malloc_trim`` calls."""
+SLACK = 32 << 20
+"""RSS growth since the last trim that triggers the next one."""
+SLACK_ENV = "WSI_HARNESS_HEAP_SLACK"
+"""Environment variable overriding :data:`SLACK` (a byte size: ``32MiB``; ``1TB`` never trims)."""
+
+_STATM = Path("/proc/self/statm")
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _libc() -> Any | None:
@@ -69,23 +82,41 @@ def configure() -> bool:
     return bool(ok and libc.mallopt(M_ARENA_MAX, ARENAS))
 
 
-def trim_interval(workers: int) -> int:
-    """Batches between trims: every batch with loader workers, else :data:`TRIM_EVERY`."""
-    return 1 if workers > 0 else TRIM_EVERY
+def default_slack() -> int:
+    """:data:`SLACK`, or the byte size in ``$WSI_HARNESS_HEAP_SLACK``."""
+    text = os.environ.get(SLACK_ENV)
+    return SLACK if text is None else parse_bytes(text)
+
+
+def rss_bytes() -> int:
+    """This process's resident set now, from ``/proc/self/statm`` (Linux)."""
+    return int(_STATM.read_bytes().split()[1]) * _PAGE
 
 
 class HeapTrimmer:
-    """Call ``malloc_trim(0)`` once every ``every`` ticks (a no-op off glibc)."""
+    """Call ``malloc_trim(0)`` when RSS has grown ``slack`` bytes (a no-op off glibc).
 
-    def __init__(self, every: int = TRIM_EVERY) -> None:
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
-        self.every, self.ticks, self.trims = every, 0, 0
+    The reference level is the RSS at the first tick after construction or after
+    a trim, so the buffers one batch faults back in after a trim are not growth.
+    """
+
+    def __init__(self, slack: int | None = None) -> None:
+        slack = default_slack() if slack is None else slack
+        if slack < 0:
+            raise ValueError(f"slack must be >= 0 bytes, got {slack}")
+        self.slack, self.ticks, self.trims = slack, 0, 0
+        self.reference: int | None = None
         self._libc = _libc()
 
     def tick(self) -> None:
-        """Count one batch; trim when the count comes round."""
+        """Count one batch; trim if RSS is more than ``slack`` over the reference."""
         self.ticks += 1
-        if self._libc is not None and self.ticks % self.every == 0:
+        if self._libc is None:
+            return
+        rss = rss_bytes()
+        if self.reference is None or rss < self.reference:
+            self.reference = rss
+        elif rss > self.reference + self.slack:
             self._libc.malloc_trim(0)
             self.trims += 1
+            self.reference = None

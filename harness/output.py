@@ -30,6 +30,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from harness import __version__
+from harness._chunkfiles import ChunkFiles
 from harness.errors import HarnessError
 from harness.merge import NO_LABEL
 
@@ -95,6 +96,8 @@ class OutputWriter:
         except OSError as exc:
             raise self._os_error(exc, "create") from exc
         self.dtype = np.dtype(dtype)
+        self._probs = None if self.probs is None else ChunkFiles(self.probs)
+        self._labels = ChunkFiles(self.labels)
 
     def _os_error(self, exc: OSError, what: str) -> OutputError:
         if exc.errno == errno.ENOSPC:
@@ -105,11 +108,12 @@ class OutputWriter:
         self, box: tuple[int, int, int, int], probs: NDArray[np.float32], labels: NDArray[np.uint8]
     ) -> None:
         """Write one finalised chunk (``box = (y0, y1, x0, x1)``)."""
-        y0, y1, x0, x1 = box
+        # All fill value (NaN, label 255) exactly where no patch covered any pixel.
+        empty = labels[0, 0] == NO_LABEL and bool((labels == NO_LABEL).all())
         try:
-            if self.probs is not None:
-                self.probs[y0:y1, x0:x1, :] = probs.astype(self.dtype, copy=False)
-            self.labels[y0:y1, x0:x1] = labels
+            if self._probs is not None:
+                self._probs.write(box, probs.astype(self.dtype, copy=False), empty)
+            self._labels.write(box, labels, empty)
         except OSError as exc:
             raise self._os_error(exc, "write") from exc
 

@@ -147,7 +147,7 @@ def _merge_all(
         spec.preprocess if on_cpu else None,
     )  # fmt: skip
     bar = tqdm(total=plan.n_patches, unit="patch", disable=not opts["progress"], smoothing=0.1)
-    trimmer = _malloc.HeapTrimmer(_malloc.trim_interval(opts["workers"]))
+    trimmer = _malloc.HeapTrimmer()
     with bar:
         for batch, indices in loader:
             merger.add(_infer(spec, batch, plan, device), indices.numpy())

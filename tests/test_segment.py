@@ -210,16 +210,32 @@ def test_tiny_cnn_is_the_275_parameter_reference_model() -> None:
     assert sum(p.numel() for p in module.parameters()) == 275
 
 
-def test_heap_trimmer_trims_every_n_batches() -> None:
-    from harness._malloc import HeapTrimmer, configure
+def test_heap_trimmer_trims_only_when_rss_grows_past_the_slack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from harness._malloc import SLACK_ENV, HeapTrimmer, _libc, configure, rss_bytes
 
     assert configure()  # glibc on the machines this runs on
-    trimmer = HeapTrimmer(every=4)
-    for _ in range(9):
+    _libc().malloc_trim(0)  # free heap pages resident from earlier tests would hide growth
+    trimmer = HeapTrimmer(slack=8 << 20)
+    for _ in range(3):  # a steady heap is never trimmed
         trimmer.tick()
-    assert trimmer.trims == 2
-    with pytest.raises(ValueError, match="every"):
-        HeapTrimmer(every=0)
+    assert trimmer.trims == 0
+    before = rss_bytes()
+    grown = np.ones(24 << 20, np.uint8)  # below the mmap threshold: heap pages, touched
+    assert rss_bytes() - before >= 16 << 20
+    trimmer.tick()
+    assert trimmer.trims == 1 and trimmer.reference is None
+    del grown
+    trimmer.tick()  # the first tick after a trim sets the new reference
+    assert trimmer.trims == 1 and trimmer.reference is not None
+    with pytest.raises(ValueError, match="slack"):
+        HeapTrimmer(slack=-1)
+    monkeypatch.setenv(SLACK_ENV, "3MiB")
+    assert HeapTrimmer().slack == 3 << 20
+    monkeypatch.setenv(SLACK_ENV, "lots")
+    with pytest.raises(ConfigError, match="lots"):
+        HeapTrimmer()
 
 
 @pytest.mark.parametrize(
