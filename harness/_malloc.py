@@ -23,14 +23,15 @@ the first batch since the last trim.
 Why a growth trigger and not a batch count. The heap does creep: small
 long-lived allocations (decoded tiles, chunk accumulators, Python objects, and
 with DataLoader workers every received batch message) land in the holes freed
-batch buffers leave, so the next batch's buffers need fresh pages. Trimming
-every 16 batches let the peak grow with the length of the run (streaming,
-32 MB budget, passthrough, 1 thread: +13.9 % from 4096² to 16384²); trimming
-every 2 batches bounded it (+0.9 %) but each trim also discards the recycled
-batch buffers, so the next batch faults them in again: 1.0 M minor faults and
-5 s of sys time at 8192² with the tiny model, 28 % slower than never trimming.
-A growth trigger keeps both: the peak cannot creep more than :data:`SLACK`
-whatever the run's length, and a steady heap is never trimmed.
+batch buffers leave, so later batches' buffers need fresh pages. Never trimming,
+the heap kept about 40 MiB of freed blocks (passthrough, 32 MB budget, 1 thread:
+peak 356.5 MiB at 4096², 358.9 at 16384²); a trim every 16 batches reached that
+plateau only on long runs (308.9 -> 352.0 MiB). Trimming every 2 batches held
+301-304 MiB, but each trim also discards the recycled batch buffers, so the next
+batch faults them in again: 1.0 M minor faults and 5 s of sys time at 8192² with
+the tiny model, 28 % slower than never trimming. The growth trigger keeps both:
+320.2 / 318.6 MiB on the same runs, whatever their length, and a steady heap is
+never trimmed (2-5 trims in the 497 batches at 8192²).
 """
 
 from __future__ import annotations

@@ -5,10 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import psutil
 
-from harness.measure import RssTimeline, TreeSampler, tree_rss
+from harness.measure import RssTimeline, TreeSampler, rss, tree_rss
+
+if TYPE_CHECKING:
+    import pytest
 
 
 def test_tree_rss_sums_self_and_children() -> None:
@@ -23,6 +27,28 @@ def test_tree_rss_sums_self_and_children() -> None:
         # THEN the child is counted on top of this process
         assert counted >= 2
         assert total > own
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_descendants_walks_the_tree_like_psutil(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a child with a grandchild
+    code = "import subprocess, time; subprocess.Popen(['sleep', '5']); time.sleep(5)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        me = psutil.Process()
+        deadline = time.monotonic() + 5
+        while len(me.children(recursive=True)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        expected = sorted(p.pid for p in me.children(recursive=True))
+        assert len(expected) == 2  # the child and its child
+        # WHEN the tree is walked through /proc, and with /proc's children files missing
+        walked = sorted(rss.descendants(me))
+        monkeypatch.setattr(rss, "_proc_children", lambda pid: None)
+        fallback = sorted(rss.descendants(me))
+        # THEN both find the same processes psutil's full scan does
+        assert walked == expected == fallback
     finally:
         child.kill()
         child.wait()
