@@ -77,6 +77,17 @@ def test_falls_back_to_zarr_when_its_bytes_differ(tmp_path: Path) -> None:
     np.testing.assert_array_equal(arr[:512, :256], np.vstack([data, data]))
 
 
+def test_a_chunk_zarr_skips_leaves_verification_for_the_next(tmp_path: Path) -> None:
+    # GIVEN a first whole chunk that is all fill value, though the caller did not say so
+    arr = _array(tmp_path, "x", "uint8", 255, 0)
+    files = ChunkFiles(arr)
+    files.write((0, 256, 0, 256), np.full(CHUNK, 255, np.uint8), False)
+    # THEN zarr wrote no file, nothing was decided, and the next whole chunk verifies
+    assert files.verified is None
+    files.write((256, 512, 0, 256), np.zeros(CHUNK, np.uint8), False)
+    assert files.verified is True and arr[300, 10] == 0
+
+
 def test_other_codecs_never_take_the_fast_path(tmp_path: Path) -> None:
     group = zarr.open_group(tmp_path / "z", mode="w", zarr_format=3)
     arr = group.create_array("a", shape=SHAPE, chunks=CHUNK, dtype="uint8", fill_value=0)
