@@ -51,6 +51,7 @@ class ChunkFiles:
 
     def __init__(self, array: zarr.Array[Any]) -> None:
         self.array = array
+        self._whole = (tuple(array.chunks), array.dtype)  # shape and dtype of a whole chunk
         store = array.store
         self.root = Path(store.root) / array.path if isinstance(store, LocalStore) else None
         self.codec = _blosc(array) if self.root is not None else None
@@ -61,8 +62,7 @@ class ChunkFiles:
     def write(self, box: tuple[int, int, int, int], data: NDArray[Any], empty: bool) -> None:
         """Write chunk ``box = (y0, y1, x0, x1)``; ``empty``: it is all fill value."""
         y0, y1, x0, x1 = box
-        whole = data.shape == self.array.chunks and data.dtype == self.array.dtype
-        if not whole or empty or self.verified is False:
+        if (data.shape, data.dtype) != self._whole or empty or self.verified is False:
             self.array[y0:y1, x0:x1] = data
             return
         assert self.codec is not None and self.root is not None

@@ -39,9 +39,9 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
+from harness.measure.runner import current_rss_bytes
 from harness.units import parse_bytes
 
 M_TRIM_THRESHOLD = -1
@@ -55,9 +55,6 @@ SLACK = 32 << 20
 """RSS growth since the last trim that triggers the next one."""
 SLACK_ENV = "WSI_HARNESS_HEAP_SLACK"
 """Environment variable overriding :data:`SLACK` (a byte size: ``32MiB``; ``1TB`` never trims)."""
-
-_STATM = Path("/proc/self/statm")
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _libc() -> Any | None:
@@ -89,11 +86,6 @@ def default_slack() -> int:
     return SLACK if text is None else parse_bytes(text)
 
 
-def rss_bytes() -> int:
-    """This process's resident set now, from ``/proc/self/statm`` (Linux)."""
-    return int(_STATM.read_bytes().split()[1]) * _PAGE
-
-
 class HeapTrimmer:
     """Call ``malloc_trim(0)`` when RSS has grown ``slack`` bytes (a no-op off glibc).
 
@@ -105,16 +97,15 @@ class HeapTrimmer:
         slack = default_slack() if slack is None else slack
         if slack < 0:
             raise ValueError(f"slack must be >= 0 bytes, got {slack}")
-        self.slack, self.ticks, self.trims = slack, 0, 0
+        self.slack, self.trims = slack, 0
         self.reference: int | None = None
         self._libc = _libc()
 
     def tick(self) -> None:
-        """Count one batch; trim if RSS is more than ``slack`` over the reference."""
-        self.ticks += 1
+        """After one batch: trim if RSS is more than ``slack`` over the reference."""
         if self._libc is None:
             return
-        rss = rss_bytes()
+        rss = current_rss_bytes()
         if self.reference is None or rss < self.reference:
             self.reference = rss
         elif rss > self.reference + self.slack:

@@ -84,11 +84,11 @@ class OutputWriter:
         compress = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
         try:
             self.group = zarr.open_group(self.path, mode="w-", zarr_format=3)
-            self.probs = None if not probabilities else self.group.create_array(
+            probs = None if not probabilities else self.group.create_array(
                 "probabilities", shape=(h, w, c), chunks=(ch, cw, c), dtype=dtype,
                 fill_value=np.nan, compressors=compress, dimension_names=("y", "x", "class"),
             )  # fmt: skip
-            self.labels = self.group.create_array(
+            labels = self.group.create_array(
                 "labels", shape=(h, w), chunks=(ch, cw), dtype="uint8",
                 fill_value=NO_LABEL, compressors=compress, dimension_names=("y", "x"),
             )  # fmt: skip
@@ -96,8 +96,9 @@ class OutputWriter:
         except OSError as exc:
             raise self._os_error(exc, "create") from exc
         self.dtype = np.dtype(dtype)
-        self._probs = None if self.probs is None else ChunkFiles(self.probs)
-        self._labels = ChunkFiles(self.labels)
+        # Whole-chunk writers (see harness._chunkfiles), one per array.
+        self.probs = None if probs is None else ChunkFiles(probs)
+        self.labels = ChunkFiles(labels)
 
     def _os_error(self, exc: OSError, what: str) -> OutputError:
         if exc.errno == errno.ENOSPC:
@@ -111,9 +112,9 @@ class OutputWriter:
         # All fill value (NaN, label 255) exactly where no patch covered any pixel.
         empty = labels[0, 0] == NO_LABEL and bool((labels == NO_LABEL).all())
         try:
-            if self._probs is not None:
-                self._probs.write(box, probs.astype(self.dtype, copy=False), empty)
-            self._labels.write(box, labels, empty)
+            if self.probs is not None:
+                self.probs.write(box, probs.astype(self.dtype, copy=False), empty)
+            self.labels.write(box, labels, empty)
         except OSError as exc:
             raise self._os_error(exc, "write") from exc
 

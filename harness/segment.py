@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +15,7 @@ from harness import _malloc
 from harness.errors import ConfigError, HarnessError
 from harness.loader import make_loader
 from harness.mask import patches_touching, resolve_mask
+from harness.measure.runner import write_baseline
 from harness.merge import DenseMerger, Merger, MergeStats, StreamingMerger
 from harness.models import ModelSpec, load_model, probe
 from harness.output import OutputWriter, ThreadedSink
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
 
 Engine = Literal["streaming", "dense"]
 DEFAULT_BUDGET = 256 * 2**20
-BASELINE_ENV = "WSI_HARNESS_BASELINE_FILE"
 
 
 class ModelOutputError(HarnessError):
@@ -61,16 +59,6 @@ class SegmentResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record."""
         return asdict(self)
-
-
-def _write_baseline() -> None:
-    """Tell a measuring parent our RSS after imports and model load (see harness.measure)."""
-    target = os.environ.get(BASELINE_ENV)
-    if target:
-        import psutil
-
-        rss = psutil.Process().memory_info().rss
-        Path(target).write_text(json.dumps({"rss_bytes": rss, "time": time.time()}))
 
 
 def _prepare_model(spec: ModelSpec, config: PlanConfig, device: str) -> int:
@@ -195,7 +183,7 @@ def segment(
     config = config or PlanConfig()
     spec = model if isinstance(model, ModelSpec) else _load(model, config)
     channels = _prepare_model(spec, config, device)
-    _write_baseline()
+    write_baseline()  # for a measuring parent: RSS after imports and model load
     t_plan = time.time()
     plan = build_plan(slide, config, channels, budget, mask, engine)
     _fit_read_cache(slide, plan)

@@ -213,7 +213,8 @@ def test_tiny_cnn_is_the_275_parameter_reference_model() -> None:
 def test_heap_trimmer_trims_only_when_rss_grows_past_the_slack(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from harness._malloc import SLACK_ENV, HeapTrimmer, _libc, configure, rss_bytes
+    from harness._malloc import SLACK_ENV, HeapTrimmer, _libc, configure
+    from harness.measure import current_rss_bytes
 
     assert configure()  # glibc on the machines this runs on
     _libc().malloc_trim(0)  # free heap pages resident from earlier tests would hide growth
@@ -221,9 +222,9 @@ def test_heap_trimmer_trims_only_when_rss_grows_past_the_slack(
     for _ in range(3):  # a steady heap is never trimmed
         trimmer.tick()
     assert trimmer.trims == 0
-    before = rss_bytes()
+    before = current_rss_bytes()
     grown = np.ones(24 << 20, np.uint8)  # below the mmap threshold: heap pages, touched
-    assert rss_bytes() - before >= 16 << 20
+    assert current_rss_bytes() - before >= 16 << 20
     trimmer.tick()
     assert trimmer.trims == 1 and trimmer.reference is None
     del grown
