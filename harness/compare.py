@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.merge import NO_LABEL
-from harness.output import open_output, output_array
+from harness.output import NO_LABEL, open_output, output_array
 
 if TYPE_CHECKING:
     from pathlib import Path

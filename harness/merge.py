@@ -21,27 +21,17 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from harness.output.zarr_store import NO_LABEL
+
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
+    from harness.output.base import ChunkSink
     from harness.plan import Plan
-
-NO_LABEL = 255
-"""Label written where no patch output covers a pixel (probabilities are NaN there)."""
 
 _NEVER = np.iinfo(np.int64).max
 
 Accumulator = tuple["NDArray[np.float32]", "NDArray[np.float32]"]  # sums (C,h,w), weights (h,w)
-
-
-class ChunkSink(Protocol):
-    """Where finalised chunks go (the output store)."""
-
-    def write_chunk(
-        self, box: tuple[int, int, int, int], probs: NDArray[np.float32], labels: NDArray[np.uint8]
-    ) -> None:
-        """Write one whole chunk: ``box = (y0, y1, x0, x1)``, probs ``(h, w, C)``."""
-        ...
 
 
 @dataclass(frozen=True)

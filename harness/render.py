@@ -6,8 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harness.merge import NO_LABEL
-from harness.output import ATTR, open_output, output_array
+from harness.output import ATTR, NO_LABEL, open_output, output_array
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -18,7 +18,7 @@ from harness.mask import patches_touching, resolve_mask
 from harness.measure.runner import write_baseline
 from harness.merge import DenseMerger, Merger, MergeStats, StreamingMerger
 from harness.models import ModelSpec, load_model, probe
-from harness.output import OutputWriter, ThreadedSink
+from harness.output import ThreadedSink, ZarrOutput
 from harness.plan import Plan, PlanConfig, grid_origins, make_plan, output_shape
 
 if TYPE_CHECKING:
@@ -189,11 +189,10 @@ def segment(
     _fit_read_cache(slide, plan)
     classes = spec.classes or tuple(f"class{k}" for k in range(channels))
     meta = _meta(slide, plan, spec, classes, engine)
-    writer = OutputWriter(out, plan, meta, dtype, overwrite, probabilities)
+    writer = ZarrOutput(out, plan, meta, dtype, overwrite, probabilities)
     t_inf = time.time()
     opts = {"device": device, "batch_size": batch_size, "workers": workers, "progress": progress}
     stats, t_fin = _run_engine(spec, slide, plan, writer, engine, budget, spill_dir, opts)
-    writer.mark_complete({"chunks_written": stats.chunks_written})
     times = (t0, t_plan, t_inf, t_fin, time.time())
     return _result(str(out), engine, spec.name, slide, plan, stats, budget, times)
 
@@ -236,7 +235,7 @@ def _run_engine(
     spec: ModelSpec,
     slide: Slide,
     plan: Plan,
-    writer: OutputWriter,
+    writer: ZarrOutput,
     engine: Engine,
     budget: int,
     spill_dir: str | Path | None,
@@ -253,9 +252,11 @@ def _run_engine(
         _merge_all(spec, slide, plan, merger, opts)
         t_fin = time.time()
         stats = merger.finish()
-        sink.flush()
+        sink.finish({"chunks_written": stats.chunks_written})
+    except BaseException:
+        sink.abort()
+        raise
     finally:
-        sink.stop()
         merger.close()
     return stats, t_fin
 

@@ -10,7 +10,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec
 
-from harness._chunkfiles import ChunkFiles
+from harness.output._chunkfiles import ChunkFiles
 
 if TYPE_CHECKING:
     from pathlib import Path

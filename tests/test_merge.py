@@ -8,8 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.mask import patches_touching
-from harness.merge import NO_LABEL, DenseMerger, StreamingMerger, finalise
+from harness.merge import DenseMerger, StreamingMerger, finalise
 from harness.models import seeded_probabilities
+from harness.output import NO_LABEL
 from harness.plan import Plan, PlanConfig, grid_origins, make_plan, output_shape
 from harness.testing.sinks import CanvasSink
 from harness.testing.strategies import Geometry, geometries

@@ -11,9 +11,8 @@ import zarr
 
 from harness.compare import compare_outputs
 from harness.errors import ConfigError
-from harness.merge import NO_LABEL
 from harness.models import Preprocess
-from harness.output import OutputError, open_output
+from harness.output import NO_LABEL, OutputError, open_output
 from harness.plan import PlanConfig, min_budget
 from harness.segment import ModelOutputError, segment
 

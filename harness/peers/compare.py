@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from harness.output.zarr_store import NO_LABEL
+
 if TYPE_CHECKING:
     from pathlib import Path
 
     from numpy.typing import NDArray
 
-#: Label value our engine writes where no patch covered the pixel.
-UNCOVERED = 255
+UNCOVERED = NO_LABEL
+"""Label value our engine writes where no patch covered the pixel."""
 
 
 def harness_starts(length: int, out: int, stride: int) -> int:

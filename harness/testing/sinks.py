@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harness.merge import NO_LABEL
+from harness.output import NO_LABEL
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray

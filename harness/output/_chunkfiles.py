@@ -13,10 +13,16 @@ path turns on only if zarr's file is byte-for-byte this class's encoding of the
 same data. Edge chunks (zarr pads them with the fill value), chunks equal to
 the fill value (zarr skips them), other codecs and non-local stores all go
 through zarr itself, so the store is always exactly what zarr would have written.
+
+Both paths commit atomically: zarr 3's ``LocalStore`` writes every key to a
+``*.partial`` temporary and renames it, and :func:`commit_bytes` does the same,
+so a ``kill -9`` at any instant leaves whole files or none.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +36,37 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+PARTIAL = ".partial"
+"""Suffix of a file still being written (zarr's LocalStore uses the same one)."""
+
+
+def commit_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: a temporary file, then a rename.
+
+    The temporary name sits in the same folder (rename is atomic only within a
+    filesystem) and ends in :data:`PARTIAL`, as zarr's own ``LocalStore`` names
+    its temporaries, so one sweep (:func:`remove_partials`) cleans both after a
+    kill. A reader sees the old file, or the new one, never a torn one.
+    """
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}{PARTIAL}")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_partials(root: Path) -> int:
+    """Delete every ``*.partial`` file under ``root`` (a killed writer's); return how many."""
+    removed = 0
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            if name.endswith(PARTIAL):
+                (Path(dirpath) / name).unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def _blosc(array: zarr.Array[Any]) -> numcodecs.Blosc | None:
@@ -77,5 +114,5 @@ class ChunkFiles:
         if path.parent not in self._dirs:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._dirs.add(path.parent)
-        path.write_bytes(encoded)
+        commit_bytes(path, encoded)
         self.direct_writes += 1

@@ -9,7 +9,7 @@ Layout of ``OUT.zarr``::
 Both arrays are at the processing resolution and chunked like the plan's
 output chunks, so every write is one whole chunk and nothing is ever read
 back. Pixels no patch covered (masked background, or chunks never touched)
-read as NaN probabilities and label 255 (:data:`harness.merge.NO_LABEL`);
+read as NaN probabilities and label 255 (:data:`NO_LABEL`);
 untouched chunks are never written, so the store stays sparse.
 
 ``complete`` is written ``false`` first and set ``true`` only after the last
@@ -19,9 +19,7 @@ chunk is on disk: an interrupted or failed run never looks complete.
 from __future__ import annotations
 
 import errno
-import queue
 import shutil
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,21 +28,23 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from harness import __version__
-from harness._chunkfiles import ChunkFiles
-from harness.errors import HarnessError
-from harness.merge import NO_LABEL
+from harness.output._chunkfiles import ChunkFiles
+from harness.output.base import OutputError
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
+    from harness.output.base import Box
     from harness.plan import Plan
 
 ATTR = "wsi_harness"
+"""Group attribute holding this format's record (version, complete, mpp, classes, ...)."""
+NO_LABEL = 255
+"""Label where no patch output covers a pixel (probabilities are NaN there)."""
+PROBABILITY_FILL = float("nan")
+"""Fill value of ``probabilities``: what uncovered pixels read as."""
 OUTPUT_DTYPES = ("float32", "float16")
-
-
-class OutputError(HarnessError):
-    """The output store cannot be created, written or read."""
+PROBABILITIES, LABELS = "probabilities", "labels"
 
 
 def _prepare_path(path: Path, overwrite: bool) -> None:
@@ -64,8 +64,9 @@ def _prepare_path(path: Path, overwrite: bool) -> None:
         raise OutputError(f"cannot create output directory {parent}: {exc.strerror}") from exc
 
 
-class OutputWriter:
-    """Creates the output group and writes finalised chunks into it."""
+class ZarrOutput:
+    """The zarr v3 output as an :class:`~harness.output.base.OutputSink`: creates the group,
+    writes finalised chunks, marks it complete."""
 
     def __init__(
         self,
@@ -85,11 +86,12 @@ class OutputWriter:
         try:
             self.group = zarr.open_group(self.path, mode="w-", zarr_format=3)
             probs = None if not probabilities else self.group.create_array(
-                "probabilities", shape=(h, w, c), chunks=(ch, cw, c), dtype=dtype,
-                fill_value=np.nan, compressors=compress, dimension_names=("y", "x", "class"),
+                PROBABILITIES, shape=(h, w, c), chunks=(ch, cw, c), dtype=dtype,
+                fill_value=PROBABILITY_FILL, compressors=compress,
+                dimension_names=("y", "x", "class"),
             )  # fmt: skip
             labels = self.group.create_array(
-                "labels", shape=(h, w), chunks=(ch, cw), dtype="uint8",
+                LABELS, shape=(h, w), chunks=(ch, cw), dtype="uint8",
                 fill_value=NO_LABEL, compressors=compress, dimension_names=("y", "x"),
             )  # fmt: skip
             self.group.attrs[ATTR] = {**meta, "version": __version__, "complete": False}
@@ -105,9 +107,7 @@ class OutputWriter:
             return OutputError(f"disk full while writing {self.path}; output left incomplete")
         return OutputError(f"cannot {what} output {self.path}: {exc.strerror or exc}")
 
-    def write_chunk(
-        self, box: tuple[int, int, int, int], probs: NDArray[np.float32], labels: NDArray[np.uint8]
-    ) -> None:
+    def write_chunk(self, box: Box, probs: NDArray[np.float32], labels: NDArray[np.uint8]) -> None:
         """Write one finalised chunk (``box = (y0, y1, x0, x1)``)."""
         # All fill value (NaN, label 255) exactly where no patch covered any pixel.
         empty = labels[0, 0] == NO_LABEL and bool((labels == NO_LABEL).all())
@@ -118,13 +118,16 @@ class OutputWriter:
         except OSError as exc:
             raise self._os_error(exc, "write") from exc
 
-    def mark_complete(self, extra: dict[str, Any]) -> None:
-        """Set the completion marker, last of all writes."""
+    def finish(self, record: dict[str, Any]) -> None:
+        """Add ``record`` to the attributes and set the completion marker, last of all writes."""
         try:
             attrs = dict(self.group.attrs[ATTR])  # type: ignore[arg-type]
-            self.group.attrs[ATTR] = {**attrs, **extra, "complete": True}
+            self.group.attrs[ATTR] = {**attrs, **record, "complete": True}
         except OSError as exc:
             raise self._os_error(exc, "finish") from exc
+
+    def abort(self) -> None:
+        """Nothing to undo: every committed chunk stays, ``complete`` stays false."""
 
 
 def open_output(path: str | Path, require_complete: bool = True) -> zarr.Group:
@@ -141,53 +144,17 @@ def open_output(path: str | Path, require_complete: bool = True) -> zarr.Group:
     return group
 
 
+def output_meta(group: zarr.Group) -> dict[str, Any]:
+    """The format's record (``attrs[ATTR]``) of an output group, as a plain dict."""
+    meta = group.attrs.get(ATTR)
+    if not isinstance(meta, dict):
+        raise OutputError(f"{group.store} is a zarr group but not a wsi-harness output")
+    return dict(meta)
+
+
 def output_array(group: zarr.Group, name: str) -> zarr.Array[Any]:
     """The array ``name`` of an output group, or a clear error when it is missing."""
     arr = group.get(name)
     if not isinstance(arr, zarr.Array):
         raise OutputError(f"{group.store} has no {name!r} array")
     return arr
-
-
-class ThreadedSink:
-    """Hands finalised chunks to a writer thread, so encoding and I/O overlap compute.
-
-    At most ``depth`` chunks wait in the queue (about 0.85 MB each at the
-    defaults), so memory stays bounded. A write error is kept and raised in the
-    caller's thread at the next ``write_chunk`` or at :meth:`flush`.
-    """
-
-    def __init__(self, sink: OutputWriter, depth: int = 4) -> None:
-        self.sink = sink
-        self.queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="wsi-harness-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (item := self.queue.get()) is not None:
-            if self.error is None:
-                try:
-                    self.sink.write_chunk(*item)
-                except BaseException as exc:  # re-raised in the caller's thread
-                    self.error = exc
-
-    def write_chunk(
-        self, box: tuple[int, int, int, int], probs: NDArray[np.float32], labels: NDArray[np.uint8]
-    ) -> None:
-        """Queue one finalised chunk (blocks while the queue is full)."""
-        if self.error is not None:
-            raise self.error
-        self.queue.put((box, probs, labels))
-
-    def stop(self) -> None:
-        """Let queued writes finish and end the thread (safe to call twice)."""
-        if self.thread.is_alive():
-            self.queue.put(None)
-            self.thread.join()
-
-    def flush(self) -> None:
-        """Wait for every queued write; raise the first write error, if any."""
-        self.stop()
-        if self.error is not None:
-            raise self.error
