@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 #: Modules that contribute sub-commands, in help order.
-_COMMAND_MODULES = ("slides", "segment", "measure", "versus")
+_COMMAND_MODULES = ("slides", "segment", "outputs", "measure", "versus")
 
 
 def build_parser() -> argparse.ArgumentParser:

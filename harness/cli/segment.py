@@ -54,11 +54,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     c.add_argument("--atol", type=float, default=0.0)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=run_compare)
-    r = sub.add_parser("render", help="write a colour PNG overview of an output's label map")
-    r.add_argument("output", help="OUT.zarr written by segment")
-    r.add_argument("--png", required=True, help="PNG file to write")
-    r.add_argument("--max-side", type=int, default=1024)
-    r.set_defaults(func=run_render)
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -121,12 +116,3 @@ def run_compare(args: argparse.Namespace) -> int:
             f"label agreement {100 * cmp.label_agreement:.4f} %"
         )
     return 0 if cmp.within(args.atol) else 1
-
-
-def run_render(args: argparse.Namespace) -> int:
-    """Write the label overview PNG."""
-    from harness.render import label_overview, save_png
-
-    save_png(label_overview(args.output, args.max_side), args.png)
-    print(args.png)
-    return 0
