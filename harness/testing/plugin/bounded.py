@@ -1,0 +1,309 @@
+"""``assert_bounded``: does a workload's peak memory follow the slide size?
+
+A single small figure proves nothing about a bound; a slope does. So the
+workload runs once per slide size, each time in a *fresh process* under
+:func:`harness.measure.run_command` or :func:`harness.measure.run_callable`
+(imports, allocator state and thread pools never carry over from one size to
+the next, and the process tree is sampled whole, workers included), and the
+verdict compares the whole-tree peak RSS of the smallest and the largest size,
+exactly as ``wsi-harness scaling --max-growth`` does
+(:func:`harness.measure.scaling.growth_verdict`): the whole-tree figure is the
+one a user's machine feels. The table, ``bounded.json`` and the plot are the
+scaling study's own formats.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.errors import ConfigError
+from harness.measure.rss import DEFAULT_PERIOD_S
+from harness.measure.runner import Measurement, run_callable, run_command
+from harness.measure.scaling import (
+    GrowthVerdict,
+    ScalingRecord,
+    format_table,
+    growth_verdict,
+    parse_growth,
+    write_json,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import pytest
+
+#: A command template (``{size}``, optionally ``{out}``), a ``module:callable``
+#: name, or an importable callable taking the size.
+Workload = str | Sequence[str] | Callable[[int], object]
+
+_CALLABLE_NAME = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+@dataclass(frozen=True)
+class BoundedReport:
+    """What :func:`assert_bounded` measured.
+
+    Attributes
+    ----------
+    records
+        One scaling record per size, smallest first.
+    verdict
+        Growth of the peak from the smallest to the largest size.
+    json_path
+        ``bounded.json``: every record and the verdict.
+    plot_path
+        Peak RSS against slide area, or ``None`` when not drawn.
+    """
+
+    records: tuple[ScalingRecord, ...]
+    verdict: GrowthVerdict
+    json_path: Path
+    plot_path: Path | None
+
+    @property
+    def table(self) -> str:
+        """The records as the scaling study prints them."""
+        return format_table(self.records)
+
+    def describe(self) -> str:
+        """Verdict, table and file paths, for a failure message or a log."""
+        plot = "not drawn" if self.plot_path is None else str(self.plot_path)
+        return f"{self.verdict.describe()}\n{self.table}\nplot: {plot}\nrecords: {self.json_path}"
+
+
+@dataclass(frozen=True)
+class _Study:
+    """One validated ``assert_bounded`` call."""
+
+    sizes: tuple[int, ...]
+    max_growth: float
+    name: str
+    out_dir: Path
+    timeout_s: float | None
+    period_s: float
+    keep_outputs: bool
+
+
+def _sizes(sizes: Sequence[int]) -> tuple[int, ...]:
+    ordered = tuple(sorted({int(s) for s in sizes}))
+    if len(ordered) < 2 or ordered[0] < 1:
+        raise ConfigError(
+            f"assert_bounded needs at least two distinct positive sizes, got {list(sizes)}"
+        )
+    return ordered
+
+
+def _growth(max_growth: str | float) -> float:
+    value = parse_growth(max_growth) if isinstance(max_growth, str) else float(max_growth)
+    if value < 0:
+        raise ConfigError(f"max_growth must be >= 0, got {max_growth!r}")
+    return value
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "-", name).strip("-") or "workload"
+
+
+def _import_callable(spec: str) -> Callable[[int], object]:
+    module, _, attr = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot import workload {spec!r}: {exc}") from None
+    if not callable(obj):
+        raise ConfigError(f"workload {spec!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def _template(workload: str | Sequence[str]) -> tuple[str, ...]:
+    argv = tuple(shlex.split(workload)) if isinstance(workload, str) else tuple(workload)
+    if not any("{size}" in arg for arg in argv):
+        raise ConfigError(f"a workload command needs a {{size}} placeholder, got {list(argv)}")
+    return argv
+
+
+def _measure_one(
+    workload: tuple[str, ...] | Callable[[int], object],
+    size: int,
+    study: _Study,
+    env: Mapping[str, str] | None,
+) -> Measurement:
+    """Run the workload at ``size`` in a fresh process; ``{out}`` is removed afterwards."""
+    if callable(workload):
+        return run_callable(workload, size, period_s=study.period_s, timeout_s=study.timeout_s)
+    out = study.out_dir / "runs" / f"{study.name}-{size}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [a.replace("{size}", str(size)).replace("{out}", str(out)) for a in workload]
+    try:
+        return run_command(argv, env=env, period_s=study.period_s, timeout_s=study.timeout_s)
+    finally:
+        if not study.keep_outputs:
+            _remove(out)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _record(size: int, name: str, m: Measurement) -> ScalingRecord:
+    if m.returncode != 0:
+        why = "timed out" if m.timed_out else f"exit {m.returncode}"
+        tail = (m.stderr.strip().splitlines() or [""])[-1][:300]
+        return ScalingRecord(size, name, "failed", reason=f"{why}: {tail}")
+    return ScalingRecord(
+        size,
+        name,
+        "ok",
+        peak_rss_bytes=m.peak_rss_bytes,
+        baseline_rss_bytes=m.baseline_rss_bytes,
+        ru_maxrss_bytes=m.ru_maxrss_bytes,
+        wall_s=m.wall_s,
+        process_wall_s=m.wall_s,
+        megapixels_per_s=size * size / 1e6 / m.wall_s if m.wall_s > 0 else None,
+    )
+
+
+def _resolve(workload: Workload) -> tuple[str, ...] | Callable[[int], object]:
+    if callable(workload):
+        return workload
+    if isinstance(workload, str) and _CALLABLE_NAME.match(workload.strip()):
+        return _import_callable(workload.strip())
+    return _template(workload)
+
+
+def _report(records: list[ScalingRecord], study: _Study, plot: bool) -> BoundedReport:
+    verdict = growth_verdict(records, study.max_growth, engine=study.name)
+    assert verdict is not None  # two distinct sizes ran: _sizes and the failure check ensure it
+    json_path = write_json(records, verdict, study.out_dir / "bounded.json")
+    plot_path = None
+    if plot:
+        from harness.measure.plots import plot_scaling
+
+        plot_path = plot_scaling(records, None, study.out_dir / "bounded.png")
+    return BoundedReport(tuple(records), verdict, json_path, plot_path)
+
+
+def assert_bounded(
+    workload: Workload,
+    sizes: Sequence[int],
+    max_growth: str | float = "5%",
+    *,
+    name: str = "workload",
+    out_dir: str | Path | None = None,
+    timeout_s: float | None = None,
+    period_s: float = DEFAULT_PERIOD_S,
+    env: Mapping[str, str] | None = None,
+    keep_outputs: bool = False,
+    plot: bool = True,
+) -> BoundedReport:
+    """Run ``workload`` once per size, each in a fresh process; fail if its peak grows.
+
+    Parameters
+    ----------
+    workload
+        A command template -- an argv list or a shell-style string -- with a
+        ``{size}`` placeholder and optionally ``{out}`` (a fresh path per size
+        under ``out_dir/runs``, removed after the run); or an importable
+        callable (a module-level function, picklable arguments) called as
+        ``workload(size)``; or its ``"module:callable"`` name.
+    sizes
+        Slide sides in pixels; at least two distinct. Make them differ a lot
+        (16x in area) or the slope proves little.
+    max_growth
+        Largest allowed relative growth of the whole-tree peak RSS from the
+        smallest to the largest size: ``"5%"`` or ``0.05``.
+    name
+        Label of the workload in the table, the plot and file names.
+    out_dir
+        Where ``bounded.json``, ``bounded.png`` and ``{out}`` paths go;
+        default a new temporary folder, kept so the plot can be looked at.
+    timeout_s
+        Kill a run (its whole process group) after this many seconds.
+    period_s
+        RSS sampling period of each run.
+    env
+        Extra environment variables for command workloads.
+    keep_outputs
+        Keep each size's ``{out}``.
+    plot
+        Draw ``bounded.png`` (matplotlib).
+
+    Returns
+    -------
+    BoundedReport
+        When the growth is within ``max_growth``.
+
+    Raises
+    ------
+    AssertionError
+        A run failed, or the peak grew more than ``max_growth``; the message
+        holds the table and the plot path.
+    ConfigError
+        An argument is invalid (fewer than two sizes, no ``{size}``, ...).
+    """
+    resolved = _resolve(workload)
+    if env and callable(resolved):
+        raise ConfigError("env applies to command workloads; a callable runs with this env")
+    folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="wsi-bounded-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    study = _Study(
+        _sizes(sizes), _growth(max_growth), _safe_name(name), folder, timeout_s, period_s,
+        keep_outputs,
+    )  # fmt: skip
+    records: list[ScalingRecord] = []
+    for size in study.sizes:
+        measured = _measure_one(resolved, size, study, env)
+        records.append(_record(size, study.name, measured))
+        if records[-1].status != "ok":
+            write_json(records, None, folder / "bounded.json")
+            raise AssertionError(
+                f"{study.name} failed at size {size}: {records[-1].reason}\n"
+                f"{format_table(records)}\nstderr tail:\n{measured.stderr.strip()[-1500:]}"
+            )
+    report = _report(records, study, plot)
+    if not report.verdict.passed:
+        raise AssertionError(report.describe())
+    return report
+
+
+@dataclass(frozen=True)
+class BoundedMark:
+    """What a ``bounded`` marker asks for (the marked test function is the workload)."""
+
+    sizes: tuple[int, ...]
+    max_growth: str | float = "5%"
+    timeout_s: float | None = None
+    period_s: float = DEFAULT_PERIOD_S
+
+    @classmethod
+    def from_marker(cls, marker: pytest.Mark, default_period_s: float) -> BoundedMark:
+        """Read ``bounded(sizes=[...], max_growth="5%", timeout_s=None, period_s=None)``."""
+        if marker.args:
+            raise ConfigError("bounded takes keyword arguments only: bounded(sizes=[...], ...)")
+        unknown = set(marker.kwargs) - {"sizes", "max_growth", "timeout_s", "period_s"}
+        if unknown or "sizes" not in marker.kwargs:
+            raise ConfigError(
+                f"bounded needs sizes=[...] and accepts max_growth, timeout_s, period_s; "
+                f"got {sorted(marker.kwargs)}"
+            )
+        kwargs = dict(marker.kwargs)
+        return cls(
+            sizes=_sizes(kwargs["sizes"]),
+            max_growth=kwargs.get("max_growth", "5%"),
+            timeout_s=kwargs.get("timeout_s"),
+            period_s=float(kwargs.get("period_s") or default_period_s),
+        )
