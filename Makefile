@@ -13,10 +13,10 @@ help:  ## list targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,viewers]'
 	touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv with the package and dev tools (torch: the CPU wheel on disk)
+setup: $(STAMP)  ## create .venv with the package, dev tools and the napari viewer extra (torch: the CPU wheel on disk)
 
 demo: setup  ## segment a built-in synthetic slide, then a short streaming-vs-dense scaling study
 	bash scripts/demo.sh $(OUT)/demo
