@@ -257,6 +257,14 @@ def failing_workload(size: int) -> int:
     raise RuntimeError(f"engine crashed at {size}")
 
 
+def slide_matches_size(size: int, slide: str) -> None:
+    """Opens its slide lazily (flat memory); fails unless it got the slide of its size."""
+    from harness.slides import TiffSlide
+
+    if TiffSlide(slide).shape != (size, size):
+        raise ValueError(f"run {size} got {slide}")
+
+
 def test_assert_bounded_passes_a_bounded_workload(tmp_path: Path) -> None:
     # GIVEN a workload whose memory does not depend on the size, at sizes 16x apart in area
     # WHEN assert_bounded runs it
@@ -294,6 +302,19 @@ def test_assert_bounded_runs_a_command_template(tmp_path: Path) -> None:
     assert list((tmp_path / "runs").iterdir()) == []
 
 
+def test_assert_bounded_hands_each_run_its_slide(
+    wsi_tiff: Callable[..., Path], tmp_path: Path
+) -> None:
+    # GIVEN cached TIFFs of two sizes, made by the fixture in this process (not measured)
+    # WHEN assert_bounded runs a workload that checks it was given the slide of its size
+    report = assert_bounded(
+        slide_matches_size, [256, 1024], "10%", slides=lambda s: wsi_tiff(s, "deflate"),
+        out_dir=tmp_path, plot=False,
+    )  # fmt: skip
+    # THEN both runs succeeded
+    assert [r.status for r in report.records] == ["ok", "ok"]
+
+
 def test_assert_bounded_reports_a_failed_run(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match=r"failed at size 256: exit 1.*engine crashed at 256"):
         assert_bounded(failing_workload, [256, 512], out_dir=tmp_path, plot=False)
@@ -306,6 +327,7 @@ def test_assert_bounded_reports_a_failed_run(tmp_path: Path) -> None:
         pytest.param(flat_workload, [256, 256], "at least two distinct", id="same-size"),
         pytest.param("engine --out {out}", [256, 512], "needs a {size}", id="no-placeholder"),
         pytest.param("no.such.module:run", [256, 512], "cannot import workload", id="bad-name"),
+        pytest.param("engine {slide} {size}", [256, 512], "no slides= given", id="no-slides"),
     ],
 )
 def test_assert_bounded_refuses_bad_arguments(

@@ -15,11 +15,12 @@ scaling study's own formats.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import shlex
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,13 +38,13 @@ from harness.measure.scaling import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     import pytest
 
-#: A command template (``{size}``, optionally ``{out}``), a ``module:callable``
-#: name, or an importable callable taking the size.
-Workload = str | Sequence[str] | Callable[[int], object]
+#: A command template (``{size}``, optionally ``{out}`` and ``{slide}``), a
+#: ``module:callable`` name, or an importable callable taking the size (and the slide).
+Workload = str | Sequence[str] | Callable[..., object]
+#: Slide per size: a mapping, or a function such as the ``wsi_tiff`` fixture.
+Slides = Mapping[int, "str | os.PathLike[str]"] | Callable[[int], "str | os.PathLike[str]"]
 
 _CALLABLE_NAME = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -113,7 +114,7 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^\w.-]+", "-", name).strip("-") or "workload"
 
 
-def _import_callable(spec: str) -> Callable[[int], object]:
+def _import_callable(spec: str) -> Callable[..., object]:
     module, _, attr = spec.partition(":")
     try:
         obj: Any = importlib.import_module(module)
@@ -134,22 +135,43 @@ def _template(workload: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def _measure_one(
-    workload: tuple[str, ...] | Callable[[int], object],
+    workload: tuple[str, ...] | Callable[..., object],
     size: int,
+    slide: str | None,
     study: _Study,
     env: Mapping[str, str] | None,
 ) -> Measurement:
     """Run the workload at ``size`` in a fresh process; ``{out}`` is removed afterwards."""
     if callable(workload):
-        return run_callable(workload, size, period_s=study.period_s, timeout_s=study.timeout_s)
+        args = (size,) if slide is None else (size, slide)
+        return run_callable(workload, *args, period_s=study.period_s, timeout_s=study.timeout_s)
     out = study.out_dir / "runs" / f"{study.name}-{size}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    argv = [a.replace("{size}", str(size)).replace("{out}", str(out)) for a in workload]
+    fields = {"{size}": str(size), "{out}": str(out), "{slide}": slide or ""}
+    argv = [_fill(arg, fields) for arg in workload]
     try:
         return run_command(argv, env=env, period_s=study.period_s, timeout_s=study.timeout_s)
     finally:
         if not study.keep_outputs:
             _remove(out)
+
+
+def _fill(arg: str, fields: Mapping[str, str]) -> str:
+    """Replace the placeholders only: other braces (``python -c "{}"``) stay as written."""
+    for key, value in fields.items():
+        arg = arg.replace(key, value)
+    return arg
+
+
+def _slide_for(slides: Slides | None, size: int) -> str | None:
+    """The slide for ``size``, prepared here, before (and outside) the measured run."""
+    if slides is None:
+        return None
+    try:
+        slide = slides[size] if isinstance(slides, Mapping) else slides(size)
+    except KeyError:
+        raise ConfigError(f"slides has no slide for size {size}") from None
+    return os.fspath(slide)
 
 
 def _remove(path: Path) -> None:
@@ -177,7 +199,7 @@ def _record(size: int, name: str, m: Measurement) -> ScalingRecord:
     )
 
 
-def _resolve(workload: Workload) -> tuple[str, ...] | Callable[[int], object]:
+def _resolve(workload: Workload) -> tuple[str, ...] | Callable[..., object]:
     if callable(workload):
         return workload
     if isinstance(workload, str) and _CALLABLE_NAME.match(workload.strip()):
@@ -207,6 +229,7 @@ def assert_bounded(
     timeout_s: float | None = None,
     period_s: float = DEFAULT_PERIOD_S,
     env: Mapping[str, str] | None = None,
+    slides: Slides | None = None,
     keep_outputs: bool = False,
     plot: bool = True,
 ) -> BoundedReport:
@@ -217,9 +240,10 @@ def assert_bounded(
     workload
         A command template -- an argv list or a shell-style string -- with a
         ``{size}`` placeholder and optionally ``{out}`` (a fresh path per size
-        under ``out_dir/runs``, removed after the run); or an importable
-        callable (a module-level function, picklable arguments) called as
-        ``workload(size)``; or its ``"module:callable"`` name.
+        under ``out_dir/runs``, removed after the run) and ``{slide}``; or an
+        importable callable (a module-level function, picklable arguments)
+        called as ``workload(size)``, or ``workload(size, slide)`` when
+        ``slides`` is given; or its ``"module:callable"`` name.
     sizes
         Slide sides in pixels; at least two distinct. Make them differ a lot
         (16x in area) or the slope proves little.
@@ -237,6 +261,11 @@ def assert_bounded(
         RSS sampling period of each run.
     env
         Extra environment variables for command workloads.
+    slides
+        The slide of each size, as a path or spec: a mapping, or a function
+        of the size such as the ``wsi_tiff`` fixture (``slides=wsi_tiff``).
+        It is called before each run, in this process, so writing a slide is
+        never part of the measurement.
     keep_outputs
         Keep each size's ``{out}``.
     plot
@@ -258,6 +287,8 @@ def assert_bounded(
     resolved = _resolve(workload)
     if env and callable(resolved):
         raise ConfigError("env applies to command workloads; a callable runs with this env")
+    if slides is None and not callable(resolved) and any("{slide}" in a for a in resolved):
+        raise ConfigError("the workload command has a {slide} placeholder but no slides= given")
     folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="wsi-bounded-"))
     folder.mkdir(parents=True, exist_ok=True)
     study = _Study(
@@ -266,7 +297,7 @@ def assert_bounded(
     )  # fmt: skip
     records: list[ScalingRecord] = []
     for size in study.sizes:
-        measured = _measure_one(resolved, size, study, env)
+        measured = _measure_one(resolved, size, _slide_for(slides, size), study, env)
         records.append(_record(size, study.name, measured))
         if records[-1].status != "ok":
             write_json(records, None, folder / "bounded.json")
