@@ -42,6 +42,8 @@ MONAI_PYTHON = REPO_ROOT / "peer" / "monai" / "bin" / "python"
 RUNNER = REPO_ROOT / "harness" / "peers" / "monai_runner.py"
 # AvgMerger holds float32 values and uint8 counts per class and pixel, and its in-place
 # division promotes the counts: 27 B/px at 16k² in the trial (7.6 GB); erring high.
+ENGINES = ("monai-avg", "monai-zarr")
+"""MONAI engines the study can run; ours always runs, as the reference for agreement."""
 AVG_PEAK = PeakModel(base_bytes=0.6 * GB, bytes_per_px=28.0)
 
 
@@ -63,30 +65,31 @@ def _agreement(ours: EngineRun, peer: EngineRun, cfg: VersusConfig) -> dict[str,
 
 
 def run_size(
-    cfg: VersusConfig, size: int, out: Path, zarr_max: int, avg_peak: PeakModel
+    cfg: VersusConfig, size: int, out: Path, engines: tuple[str, ...], limits: tuple[int, PeakModel]
 ) -> dict[str, Any]:
-    """All three runs on one ``size`` x ``size`` slide, then label agreement with ours."""
+    """MONAI's runs and ours on one ``size`` x ``size`` slide, then label agreement with ours."""
     import psutil
 
+    zarr_max, avg_peak = limits
     job = synthetic_job(size, out / "slides", cfg.mpp)
     runs: dict[str, EngineRun] = {}
     for merger in ("avg", "zarr"):
         name, dest = f"monai-{merger}", out / "outputs" / f"monai-{merger}-{size}.zarr"
         vm = psutil.virtual_memory()
         decision = decide_peer(job.area_px, avg_peak, vm.total, vm.available, cfg.ram_share)
-        if merger == "avg" and not decision.run:
+        if name not in engines:
+            runs[name] = EngineRun(name, size, job.area_px, skipped="skipped: not requested")
+        elif merger == "avg" and not decision.run:
             runs[name] = EngineRun(name, size, job.area_px, skipped=decision.reason)
         elif merger == "zarr" and size > zarr_max:
-            runs[name] = EngineRun(
-                name, size, job.area_px, skipped=f"skipped: over --zarr-max {zarr_max}"
-            )
+            why = f"skipped: over --zarr-max {zarr_max}"
+            runs[name] = EngineRun(name, size, job.area_px, skipped=why)
         else:
             argv = monai_argv(cfg, job.path, dest, merger)
             runs[name] = measure_engine(name, size, job.area_px, argv, cfg.timeout_s, dest)
     dest = out / "outputs" / f"ours-{size}.zarr"
-    runs["ours"] = measure_engine(
-        "ours", size, job.area_px, ours_argv(cfg, job.path, dest), cfg.timeout_s, dest
-    )
+    argv = ours_argv(cfg, job.path, dest)
+    runs["ours"] = measure_engine("ours", size, job.area_px, argv, cfg.timeout_s, dest)
     agreement = {k: _agreement(runs["ours"], r, cfg) for k, r in runs.items() if k != "ours"}
     if not cfg.keep_outputs:
         shutil.rmtree(out / "outputs", ignore_errors=True)
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192])
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     p.add_argument("--zarr-max", type=int, default=8192, help="largest size for ZarrAvgMerger")
     p.add_argument("--ram-share", type=float, default=0.5)
     p.add_argument("--timeout", type=float, default=None, help="seconds per run")
@@ -140,9 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     avg_peak = AVG_PEAK
     for size in sorted(args.sizes):
-        rows.append(run_size(cfg, size, out, args.zarr_max, avg_peak))
+        limits = (args.zarr_max, avg_peak)
+        rows.append(run_size(cfg, size, out, tuple(args.engines), limits))
         run = rows[-1]["runs"]["monai-avg"]
-        if run["returncode"] == 0:  # raise the prediction's base if it was under
+        if (
+            run["returncode"] == 0 and run["peak_rss_bytes"]
+        ):  # raise the prediction's base if it was under
             avg_peak = avg_peak.calibrated([(run["area_px"], run["peak_rss_bytes"])])
         (out / "monai.json").write_text(json.dumps(rows, indent=2))
         print(table(rows[-1:]), flush=True)
