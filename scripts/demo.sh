@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's main job: segment a built-in synthetic slide with the built-in H&E colour
-# model, render what it found, then a short streaming-vs-dense scaling study.
+# model, render what it found (labels, and labels over the slide), export it as OME-Zarr for
+# napari / QuPath, then a short streaming-vs-dense scaling study.
 set -euo pipefail
 OUT=${1:-out/demo}
 BIN=${BIN:-.venv/bin}
@@ -14,10 +15,17 @@ echo "== 2. streaming segmentation, tissue mask auto, 64MB merge budget"
 "$BIN/wsi-harness" segment "$SLIDE" --model hne-colour --mask auto --budget 64MB \
     --out "$OUT/segmentation.zarr" --overwrite
 "$BIN/wsi-harness" render "$OUT/segmentation.zarr" --png "$OUT/labels.png"
+"$BIN/wsi-harness" render "$OUT/segmentation.zarr" --png "$OUT/overlay.png" --overlay
 
-echo "== 3. scaling study: peak RSS of the whole process vs slide area, streaming vs dense"
+echo "== 3. export for viewers: OME-Zarr (napari: napari --plugin napari-ome-zarr DIR)"
+"$BIN/wsi-harness" export "$OUT/segmentation.zarr" --ome-zarr "$OUT/segmentation.ome.zarr" \
+    --overwrite --no-progress
+
+echo "== 4. scaling study: peak RSS of the whole process vs slide area, streaming vs dense"
 "$BIN/wsi-harness" scaling --sizes 1024,2048,4096,8192 --engine streaming --engine dense \
     --model passthrough --budget 64MB --out "$OUT/scaling"
 
 echo
-echo "Look at: $OUT/thumbnail.png (slide), $OUT/labels.png (classes), $OUT/scaling/scaling.png"
+echo "Look at: $OUT/thumbnail.png (slide), $OUT/labels.png (classes), $OUT/overlay.png"
+echo "(classes over the slide), $OUT/segmentation.ome.zarr (napari, QuPath: docs/viewers.md),"
+echo "$OUT/scaling/scaling.png"
