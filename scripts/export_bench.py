@@ -68,7 +68,8 @@ def measure(src: Path, dest: Path, version: str, parent: str) -> dict[str, objec
     from harness.measure import run_command
 
     argv = [sys.executable, "-m", "harness", "export", str(src), "--ome-zarr", str(dest),
-            "--ome-version", version, "--parent-image", parent, "--overwrite", "--no-progress"]  # fmt: skip
+            "--ome-version", version, "--parent-image", parent,
+            "--overwrite", "--no-progress"]  # fmt: skip
     m = run_command(argv).check()
     files = sum(1 for p in dest.rglob("*") if p.is_file())
     return {
