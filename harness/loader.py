@@ -17,10 +17,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from harness.errors import SlideError
+from harness.interrupt import ignore_sigint_in_worker
 
 if TYPE_CHECKING:
-    from harness.models import Preprocess
     from harness.plan import Plan
+    from harness.preprocess import Preprocess
     from harness.slides.base import Slide
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # pixels (N, h, w, 3), int64 plan indices (N,)
@@ -83,4 +84,5 @@ def make_loader(
         num_workers=workers,
         pin_memory=pin_memory,
         prefetch_factor=2 if workers else None,
+        worker_init_fn=ignore_sigint_in_worker if workers else None,
     )

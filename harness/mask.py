@@ -19,6 +19,7 @@ from harness.errors import ConfigError
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
+    from harness.plan import PlanConfig
     from harness.slides.base import Slide
 
 AUTO_SIDE = 1024  # longest side of the coarse read for "auto"
@@ -109,3 +110,25 @@ def patches_touching(
     mx0, mx1 = (x0 * mw) // out_shape[1], -((-x1 * mw) // out_shape[1])
     inside = table[my1, mx1] - table[my0, mx1] - table[my1, mx0] + table[my0, mx0]
     return np.asarray(inside > 0)
+
+
+def count_patches(slide: Slide, config: PlanConfig, mask: NDArray[np.bool_] | None) -> int:
+    """Grid patches a run keeps (those touching tissue), counted row band by row band.
+
+    Never materialises the whole grid: memory is one band of origin rows.
+    """
+    from harness.plan import grid_count, grid_origins, output_shape
+
+    out = output_shape(slide.shape, slide.mpp, config.mpp)
+    (oh, ow), (sh, sw) = config.out_hw, config.stride_hw
+    rows, cols = grid_count(out[0], oh, sh), grid_count(out[1], ow, sw)
+    if mask is None:
+        return rows * cols
+    kept, band = 0, max(1, 2**20 // max(cols, 1))
+    for r in range(0, rows, band):
+        y0 = r * sh
+        y1 = min(out[0], (min(rows, r + band) - 1) * sh + 1)
+        origins = grid_origins(out, config.out_hw, config.stride_hw, (y0, y1, 0, out[1]))
+        origins = origins[(origins[:, 0] >= y0) & (origins[:, 0] < y1)]
+        kept += int(np.count_nonzero(patches_touching(mask, origins, config.out_hw, out)))
+    return kept

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from harness.errors import ConfigError, HarnessError
 from harness.output.zarr_store import NO_LABEL
 
 if TYPE_CHECKING:
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 _NEVER = np.iinfo(np.int64).max
 
 Accumulator = tuple["NDArray[np.float32]", "NDArray[np.float32]"]  # sums (C,h,w), weights (h,w)
+
+
+class MergeOverflowError(HarnessError):
+    """Adding patch outputs overflowed float32."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,15 @@ def finalise(
     """Normalise accumulators to ``(h, w, C)`` probabilities (a view) and ``(h, w)`` labels.
 
     Uncovered pixels (weight 0) get NaN probabilities and :data:`NO_LABEL`.
+    Sums that overflowed float32 (finite model outputs too large to add up)
+    raise :class:`MergeOverflowError` instead of being stored as inf.
     """
+    # One reduction first; the elementwise pass runs only if it is not finite.
+    if not np.isfinite(sums.sum()) and not np.isfinite(sums).all():
+        raise MergeOverflowError(
+            "merged sums overflowed float32: the model's outputs are far outside [0, 1] "
+            "(pass --activation softmax/sigmoid for logits, or keep --check on)"
+        )
     covered = weights > 0
     probs = np.full(sums.shape, np.nan, dtype=np.float32)
     np.divide(sums, weights, out=probs, where=covered)
@@ -166,16 +179,35 @@ class ChunkLedger:
 
 
 class SpillStore:
-    """Lossless scratch storage for evicted partial sums (raw float32 files)."""
+    """Lossless scratch storage for evicted partial sums (raw float32 files).
 
-    def __init__(self, directory: str | Path | None = None) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="wsi-harness-spill-", dir=directory))
+    The folder is created (``mkdtemp`` under ``directory``, which is made if
+    missing) before any work, so an unusable spill folder fails the run early.
+    """
+
+    def __init__(
+        self, directory: str | Path | None = None, prefix: str = "wsi-harness-spill-"
+    ) -> None:
+        try:
+            if directory is not None:
+                Path(directory).mkdir(parents=True, exist_ok=True)
+            self.root = Path(tempfile.mkdtemp(prefix=prefix, dir=directory))
+        except OSError as exc:
+            raise ConfigError(
+                f"spill folder {directory} is not usable: {exc.strerror or exc}"
+            ) from exc
 
     def save(self, c: int, acc: Accumulator) -> None:
         """Write chunk ``c``'s sums and weights."""
-        with (self.root / f"{c}.bin").open("wb") as f:
-            acc[0].tofile(f)
-            acc[1].tofile(f)
+        try:
+            with (self.root / f"{c}.bin").open("wb") as f:
+                acc[0].tofile(f)
+                acc[1].tofile(f)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot spill to {self.root}: {exc.strerror or exc} (use --spill-dir elsewhere "
+                "or a larger --budget)"
+            ) from exc
 
     def load(self, c: int, sums_shape: tuple[int, int, int]) -> Accumulator:
         """Read chunk ``c`` back and delete its file."""
@@ -194,12 +226,17 @@ class StreamingMerger:
     """Budgeted merger: whole-chunk final writes, optimal eviction, lossless spills."""
 
     def __init__(
-        self, plan: Plan, sink: ChunkSink, budget: int, spill_dir: str | Path | None = None
+        self,
+        plan: Plan,
+        sink: ChunkSink,
+        budget: int,
+        spill_dir: str | Path | None = None,
+        prefix: str = "wsi-harness-spill-",
     ) -> None:
         self.plan, self.sink = plan, sink
         self.ledger = ChunkLedger(plan, budget)
         self.buffers: dict[int, Accumulator] = {}
-        self.spill = SpillStore(spill_dir)
+        self.spill = SpillStore(spill_dir, prefix)
         self.chunks_written = 0
 
     @property

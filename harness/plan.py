@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from harness.slides.base import Box
 
 Pair = tuple[int, int]
+Window = tuple[int, int, int, int]  # (y0, y1, x0, x1) in output pixels
 Blend = Literal["mean", "gaussian"]
 Order = Literal["strips", "raster"]
 ACCUMULATOR_BYTES = 4  # float32 sums and float32 weights
@@ -175,6 +176,55 @@ class PlanSummary:
         )
 
 
+@dataclass(frozen=True)
+class Region:
+    """A block of whole output chunks: chunk rows ``r0:r1``, chunk columns ``c0:c1``.
+
+    The unit of work (:func:`harness.blocks.run_block`): a block runs, in plan
+    order, every patch whose output touches one of its chunks and writes only
+    its own chunks, so any partition gives the same additions per chunk.
+    """
+
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.r0 < self.r1 and 0 <= self.c0 < self.c1):
+            raise ConfigError(f"empty or negative block {self}")
+
+    @classmethod
+    def whole(cls, grid: Pair) -> Region:
+        """Every chunk of a ``(rows, cols)`` grid."""
+        return cls(0, grid[0], 0, grid[1])
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe name, ``r0-r1_c0-c1``."""
+        return f"{self.r0}-{self.r1}_{self.c0}-{self.c1}"
+
+    @property
+    def n_chunks(self) -> int:
+        """Chunks in the block."""
+        return (self.r1 - self.r0) * (self.c1 - self.c0)
+
+    def window(self, chunk_hw: Pair, out_shape: Pair) -> Window:
+        """``(y0, y1, x0, x1)`` in output pixels, clipped to the output."""
+        (ch, cw), (h, w) = chunk_hw, out_shape
+        return self.r0 * ch, min(self.r1 * ch, h), self.c0 * cw, min(self.c1 * cw, w)
+
+    def mask(self, grid: Pair) -> NDArray[np.bool_]:
+        """Row-major boolean over the chunk grid: True inside the block."""
+        m = np.zeros(grid, dtype=bool)
+        m[self.r0 : self.r1, self.c0 : self.c1] = True
+        return m.ravel()
+
+    def to_list(self) -> list[int]:
+        """``[r0, r1, c0, c1]`` (JSON)."""
+        return [self.r0, self.r1, self.c0, self.c1]
+
+
 @dataclass(frozen=True, eq=False)
 class Plan:
     """A fixed processing plan for one slide (see the module docstring).
@@ -197,6 +247,11 @@ class Plan:
     n_unique: int  # distinct grid patches (entries minus halo re-runs)
     patches_masked_out: int = 0
     window: NDArray[np.float32] | None = field(default=None, repr=False)
+    region: Region | None = None  # the block planned (None: the whole output)
+    todo: NDArray[np.bool_] | None = field(default=None, repr=False)  # chunks to write
+    patches_done: int = 0  # kept patches skipped because all their chunks are final
+    strip_col0: int = 0  # chunk column where strip 0 starts (the block's first column)
+    owned_kept: int = 0  # kept patches whose origin chunk is in the block (progress units)
 
     @property
     def n_patches(self) -> int:
@@ -220,16 +275,22 @@ class Plan:
         (h, w), ncols = self.out_shape, self.chunk_grid[1]
         y, x = (int(v) for v in self.origins[i])
         s = int(np.searchsorted(self.strip_starts, i, side="right")) - 1
-        lo = max(x // cw, s * self.strip_chunks)
-        hi = min((min(x + ow, w) - 1) // cw, (s + 1) * self.strip_chunks - 1)
+        first = self.strip_col0 + s * self.strip_chunks
+        lo = max(x // cw, first)
+        hi = min((min(x + ow, w) - 1) // cw, first + self.strip_chunks - 1)
         rows = range(y // ch, (min(y + oh, h) - 1) // ch + 1)
-        return [r * ncols + c for r in rows for c in range(lo, hi + 1)]
+        ids = [r * ncols + c for r in rows for c in range(lo, hi + 1)]
+        return ids if self.todo is None else [c for c in ids if self.todo[c]]
 
     def pairs(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """CSR of every entry's chunks (``ptr``, ``chunk``), vectorised; built on demand."""
         strip = np.repeat(np.arange(len(self.strip_starts) - 1), np.diff(self.strip_starts))
-        return _pairs(self.origins.astype(np.int64), strip, self.strip_chunks, self.config,
-                      self.out_shape)  # fmt: skip
+        ptr, chunk = _pairs(self.origins.astype(np.int64), strip, self.strip_chunks,
+                            self.strip_col0, self.config, self.out_shape)  # fmt: skip
+        if self.todo is None:
+            return ptr, chunk
+        _, ptr, chunk = _keep_pairs(ptr, chunk, self.todo)
+        return ptr, chunk
 
     @cached_property
     def uses(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -299,14 +360,30 @@ def output_shape(slide_shape: Pair, slide_mpp: float, mpp: float | None) -> Pair
     return tuple(max(1, math.ceil(s * f - 1e-9)) for s in slide_shape)  # type: ignore[return-value]
 
 
-def grid_origins(out_shape: Pair, out_hw: Pair, stride_hw: Pair) -> NDArray[np.int64]:
-    """Raster-order output origins ``(y, x)`` covering ``out_shape`` (see module docstring)."""
+def grid_origins(
+    out_shape: Pair, out_hw: Pair, stride_hw: Pair, window: Window | None = None
+) -> NDArray[np.int64]:
+    """Raster-order output origins ``(y, x)`` covering ``out_shape`` (see module docstring).
+
+    With ``window = (y0, y1, x0, x1)`` only the origins whose output box
+    overlaps it, computed per axis (never the whole grid of a huge slide).
+    """
     axes = []
-    for size, patch, step in zip(out_shape, out_hw, stride_hw, strict=True):
-        n = 1 if size <= patch else -(-(size - patch) // step) + 1
-        axes.append(np.arange(n, dtype=np.int64) * step)
+    for k, (size, patch, step) in enumerate(zip(out_shape, out_hw, stride_hw, strict=True)):
+        n = grid_count(size, patch, step)
+        lo, hi = 0, n
+        if window is not None:
+            w0, w1 = window[2 * k], window[2 * k + 1]
+            lo = max(0, -(-(w0 - patch + 1) // step))  # first origin with o + patch > w0
+            hi = min(n, -(-w1 // step))  # origins o < w1
+        axes.append(np.arange(lo, max(lo, hi), dtype=np.int64) * step)
     ys, xs = np.meshgrid(axes[0], axes[1], indexing="ij")
     return np.stack([ys.ravel(), xs.ravel()], axis=1)
+
+
+def grid_count(size: int, patch: int, step: int) -> int:
+    """Patches along an axis of ``size`` output pixels (the last may overhang)."""
+    return 1 if size <= patch else -(-(size - patch) // step) + 1
 
 
 def chunk_span(config: PlanConfig) -> Pair:
@@ -322,29 +399,37 @@ def min_budget(config: PlanConfig, channels: int) -> int:
     return rows * cols * ch * cw * (channels + 1) * ACCUMULATOR_BYTES
 
 
-def strip_chunks_for(config: PlanConfig, out_shape: Pair, channels: int, budget: int) -> int:
-    """Widest strip (in chunk columns) whose raster band fits ``BAND_SHARE`` of the budget."""
+def strip_chunks_for(
+    config: PlanConfig, out_shape: Pair, channels: int, budget: int, ncols: int | None = None
+) -> int:
+    """Widest strip (in chunk columns, at most ``ncols``) whose raster band fits the budget.
+
+    The band may use ``BAND_SHARE`` of the budget; the rest is slack.
+    """
     rows = chunk_span(config)[0]
     ch, cw = config.chunk_hw
-    ncols = -(-out_shape[1] // cw)
+    ncols = -(-out_shape[1] // cw) if ncols is None else ncols
     # Inside a strip, the live band is at most `rows` chunk rows of the strip's width.
     column_bytes = rows * ch * cw * (channels + 1) * ACCUMULATOR_BYTES
     return max(1, min(ncols, int(budget * BAND_SHARE // column_bytes)))
 
 
 def _strip_entries(
-    origins: NDArray[np.int64], config: PlanConfig, out_shape: Pair, strip: int
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    origins: NDArray[np.int64], config: PlanConfig, out_shape: Pair, strip: int, col0: int,
+    n_strips: int,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:  # fmt: skip
     """Entries in processing order, and the strip of each.
 
-    A patch whose output crosses a strip edge gets one entry per strip, each
-    touching only that strip's chunks (the halo patch runs twice), so every
-    chunk sees its patches in raster order whatever the strip width.
+    Strip ``s`` covers chunk columns ``col0 + s * strip`` onwards. A patch whose
+    output crosses a strip edge gets one entry per strip, each touching only
+    that strip's chunks (the halo patch runs twice), so every chunk sees its
+    patches in raster order whatever the strip width. Patches overhanging the
+    block's first or last column belong to its first or last strip.
     """
     ow, cw = config.out_hw[1], config.chunk_hw[1]
     x0 = origins[:, 1]
-    s0 = (x0 // cw) // strip
-    s1 = ((np.minimum(x0 + ow, out_shape[1]) - 1) // cw) // strip
+    s0 = np.clip((x0 // cw - col0) // strip, 0, n_strips - 1)
+    s1 = np.clip(((np.minimum(x0 + ow, out_shape[1]) - 1) // cw - col0) // strip, 0, n_strips - 1)
     copies = s1 - s0 + 1
     grid_id = np.repeat(np.arange(len(origins), dtype=np.int64), copies)
     first = np.repeat(np.cumsum(copies) - copies, copies)
@@ -354,18 +439,18 @@ def _strip_entries(
 
 
 def _pairs(
-    origins: NDArray[np.int64], strip: NDArray[np.int64], width: int, config: PlanConfig,
-    out_shape: Pair,
+    origins: NDArray[np.int64], strip: NDArray[np.int64], width: int, col0: int,
+    config: PlanConfig, out_shape: Pair,
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:  # fmt: skip
     """CSR of the chunks each entry touches (row-major within an entry)."""
     (oh, ow), (ch, cw) = config.out_hw, config.chunk_hw
     ncols = -(-out_shape[1] // cw)
     y0, x0 = origins[:, 0], origins[:, 1]
     r0 = y0 // ch
-    c0 = np.maximum(x0 // cw, strip * width)
-    c1 = np.minimum((np.minimum(x0 + ow, out_shape[1]) - 1) // cw, (strip + 1) * width - 1)
+    c0 = np.maximum(x0 // cw, col0 + strip * width)
+    c1 = np.minimum((np.minimum(x0 + ow, out_shape[1]) - 1) // cw, col0 + (strip + 1) * width - 1)
     nr = (np.minimum(y0 + oh, out_shape[0]) - 1) // ch - r0 + 1
-    nc = c1 - c0 + 1
+    nc = np.maximum(c1 - c0 + 1, 0)
     counts = nr * nc
     ptr = np.zeros(len(origins) + 1, dtype=np.int64)
     np.cumsum(counts, out=ptr[1:])
@@ -373,6 +458,20 @@ def _pairs(
     ncr = np.repeat(nc, counts)
     chunk = (np.repeat(r0, counts) + local // ncr) * ncols + np.repeat(c0, counts) + local % ncr
     return ptr, chunk
+
+
+def _keep_pairs(
+    ptr: NDArray[np.int64], chunk: NDArray[np.int64], todo: NDArray[np.bool_]
+) -> tuple[NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]:
+    """Restrict a CSR to ``todo`` chunks: (entries that keep any, new ptr, new chunks)."""
+    live = todo[chunk]
+    per_entry = np.zeros(len(ptr) - 1, dtype=np.int64)
+    entry = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
+    np.add.at(per_entry, entry[live], 1)
+    keep = per_entry > 0
+    new_ptr = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+    np.cumsum(per_entry[keep], out=new_ptr[1:])
+    return keep, new_ptr, chunk[live]
 
 
 def _uses(
@@ -403,11 +502,21 @@ def make_plan(
     budget: int,
     keep: NDArray[np.bool_] | None = None,
     strips: bool = True,
+    *,
+    tissue: NDArray[np.bool_] | None = None,
+    region: Region | None = None,
+    done: NDArray[np.bool_] | None = None,
 ) -> Plan:
-    """Build the plan; ``keep`` (from :mod:`harness.mask`) selects raster-order patches.
+    """Build the plan of one block (default: the whole output).
+
+    ``keep`` selects raster-order patches of the whole grid (for callers that
+    filtered it themselves); ``tissue`` is a mask (:mod:`harness.mask`) applied
+    to the block's own patches. ``region`` plans only the chunks of that block
+    and ``done`` (row-major booleans over the chunk grid) skips chunks already
+    final, for resume: each remaining chunk still receives every one of its
+    patches in raster order, so the result is bitwise the uninterrupted one.
 
     Origins are int32: 2**31 pixels is far beyond a 200k x 200k slide.
-
     ``strips=False`` forces one strip (plain raster order, no halo entries),
     as the dense reference uses; per chunk, the additions are the same.
     """
@@ -418,31 +527,78 @@ def make_plan(
             "smaller chunk"
         )
     out_shape = output_shape(slide_shape, slide_mpp, config.mpp)
-    origins = grid_origins(out_shape, config.out_hw, config.stride_hw)
+    grid = (-(-out_shape[0] // config.chunk_hw[0]), -(-out_shape[1] // config.chunk_hw[1]))
+    block = region or Region.whole(grid)
+    if keep is not None and region is not None:
+        raise ConfigError("keep selects patches of the whole grid; use tissue= with a region")
+    window = None if region is None else block.window(config.chunk_hw, out_shape)
+    origins = grid_origins(out_shape, config.out_hw, config.stride_hw, window)
     n_all = len(origins)
     if keep is not None:
         origins = origins[keep]
+    if tissue is not None:
+        from harness.mask import patches_touching
+
+        origins = origins[patches_touching(tissue, origins, config.out_hw, out_shape)]
     n_kept = len(origins)
-    grid = (-(-out_shape[0] // config.chunk_hw[0]), -(-out_shape[1] // config.chunk_hw[1]))
+    owned = int(np.count_nonzero(_owned(origins, config.chunk_hw, block)))
+    todo = _todo(grid, region, done)
     one_strip = not strips or config.order == "raster"
-    width = grid[1] if one_strip else strip_chunks_for(config, out_shape, channels, budget)
-    origins, strip = _strip_entries(origins, config, out_shape, width)
-    ptr, chunk = _pairs(origins, strip, width, config, out_shape)
+    cols = block.c1 - block.c0
+    width = cols if one_strip else strip_chunks_for(config, out_shape, channels, budget, cols)
+    n_strips = -(-cols // width)
+    origins, strip = _strip_entries(origins, config, out_shape, width, block.c0, n_strips)
+    ptr, chunk = _pairs(origins, strip, width, block.c0, config, out_shape)
+    if todo is not None:
+        kept, ptr, chunk = _keep_pairs(ptr, chunk, todo)
+        origins, strip = origins[kept], strip[kept]
     expected = np.bincount(chunk, minlength=grid[0] * grid[1]).astype(np.int32)
     del ptr, chunk  # a transient: entries' chunks are arithmetic (Plan.chunks_of)
-    starts = np.searchsorted(strip, np.arange(-(-grid[1] // width) + 1))
-    window = gaussian_window(config.out_hw, config.sigma) if config.blend == "gaussian" else None
+    starts = np.searchsorted(strip, np.arange(n_strips + 1))
+    window_w = gaussian_window(config.out_hw, config.sigma) if config.blend == "gaussian" else None
+    n_unique = _distinct(origins, out_shape[1])
     return Plan(
-        config=config,
-        slide_shape=slide_shape,
-        slide_mpp=slide_mpp,
-        out_shape=out_shape,
-        channels=channels,
-        origins=origins.astype(np.int32),  # held all run long: half of int64
-        strip_starts=starts.astype(np.int64),
-        expected=expected,
-        strip_chunks=width,
-        n_unique=n_kept,
-        patches_masked_out=n_all - n_kept,
-        window=window,
-    )
+        config=config, slide_shape=slide_shape, slide_mpp=slide_mpp, out_shape=out_shape,
+        channels=channels, origins=origins.astype(np.int32),  # held all run long: half of int64
+        strip_starts=starts.astype(np.int64), expected=expected, strip_chunks=width,
+        n_unique=n_unique, patches_masked_out=n_all - n_kept, window=window_w, region=region,
+        todo=todo, patches_done=n_kept - n_unique, strip_col0=block.c0, owned_kept=owned,
+    )  # fmt: skip
+
+
+def _owned(origins: NDArray[np.int64], chunk_hw: Pair, block: Region) -> NDArray[np.bool_]:
+    """Whether each origin's own chunk (the one holding its top-left pixel) is in ``block``."""
+    r, c = origins[:, 0] // chunk_hw[0], origins[:, 1] // chunk_hw[1]
+    return np.asarray((r >= block.r0) & (r < block.r1) & (c >= block.c0) & (c < block.c1))
+
+
+def owned_entries(plan: Plan) -> NDArray[np.bool_]:
+    """Entries that count as their patch's progress: in the owning block, in the strip
+    holding the patch's origin (so each kept patch counts once over any partition)."""
+    block = plan.region or Region.whole(plan.chunk_grid)
+    origins = plan.origins.astype(np.int64)
+    owned = _owned(origins, plan.config.chunk_hw, block)
+    strip = np.repeat(np.arange(len(plan.strip_starts) - 1), np.diff(plan.strip_starts))
+    home = (origins[:, 1] // plan.config.chunk_hw[1] - plan.strip_col0) // plan.strip_chunks
+    return np.asarray(owned & (strip == home), dtype=bool)
+
+
+def _todo(
+    grid: Pair, region: Region | None, done: NDArray[np.bool_] | None
+) -> NDArray[np.bool_] | None:
+    """Chunks this plan writes (None: every chunk of the output)."""
+    if region is None and done is None:
+        return None
+    todo = region.mask(grid) if region is not None else np.ones(grid[0] * grid[1], dtype=bool)
+    if done is not None:
+        if done.shape != todo.shape:
+            raise ConfigError(f"done covers {done.size} chunks, the grid has {todo.size}")
+        todo &= ~done
+    return todo
+
+
+def _distinct(origins: NDArray[np.int64], width: int) -> int:
+    """Distinct patches among entries (halo entries repeat their patch)."""
+    if len(origins) == 0:
+        return 0
+    return int(np.unique(origins[:, 0] * (width + 1) + origins[:, 1]).size)

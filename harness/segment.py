@@ -1,38 +1,50 @@
-"""Orchestration: slide -> plan -> loader -> model -> merger -> zarr output."""
+"""Orchestration of one slide: open, plan, own the output, run its blocks, finish.
+
+:func:`segment` is the driver. It opens the slide and model once, resolves the
+tissue mask, computes the run's identity (:mod:`harness.identity`), takes the
+output (:func:`harness.output.session.open_for_run`: create, replace or resume
+under one lock), then runs the output's blocks -- one block for the whole
+output in this process, or many on a dask cluster (:mod:`harness.distributed`)
+-- each through :func:`harness.blocks.run_block`, and marks the output
+complete last of all. SIGINT/SIGTERM stop at the next batch boundary
+(:mod:`harness.interrupt`); whatever stops the run, every committed chunk
+stays and ``resume`` continues from there.
+
+Process-wide settings (malloc policy, threads, OpenMP) are not applied here:
+the entry point owns its process (:mod:`harness.policy`).
+"""
 
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
-from harness import _malloc
-from harness.errors import ConfigError, HarnessError
-from harness.loader import make_loader
-from harness.mask import patches_touching, resolve_mask
+from harness import budget as budgets
+from harness.blocks import BlockJob, BlockResult, run_block
+from harness.config import Engine, RunConfig
+from harness.errors import ConfigError
+from harness.identity import provenance, run_identity, slide_source
+from harness.inference import ModelOutputError, load, prepare
+from harness.interrupt import Interrupted, stop_on_signals
+from harness.mask import resolve_mask
 from harness.measure.runner import write_baseline
-from harness.merge import DenseMerger, Merger, MergeStats, StreamingMerger
-from harness.models import ModelSpec, load_model, probe
-from harness.output import ThreadedSink, ZarrOutput
-from harness.plan import Plan, PlanConfig, grid_origins, make_plan, output_shape
+from harness.output.session import OutputSession, StoreSpec, open_for_run
+from harness.plan import PlanConfig, output_shape
 
 if TYPE_CHECKING:
+    import numpy as np
     from numpy.typing import NDArray
     from torch import nn
 
+    from harness.models import ModelSpec
     from harness.slides.base import Slide
 
-Engine = Literal["streaming", "dense"]
-DEFAULT_BUDGET = 256 * 2**20
-
-
-class ModelOutputError(HarnessError):
-    """The model produced output the plan cannot use."""
+__all__ = ["ModelOutputError", "SegmentResult", "segment"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +55,7 @@ class SegmentResult:
     engine: str
     model: str
     patches: int
-    patch_runs: int  # patches plus halo re-runs at strip edges
+    patch_runs: int  # patches plus halo re-runs at strip and block edges
     patches_masked_out: int
     chunks_written: int
     peak_live_bytes: int
@@ -55,228 +67,221 @@ class SegmentResult:
     out_shape: tuple[int, int]
     megapixels_per_s: float  # output (processing-resolution) pixels per wall second
     phases: dict[str, tuple[float, float]] = field(default_factory=dict)
+    patches_done: int = 0  # skipped on resume: all their chunks were already final
+    resumed: bool = False
+    already_complete: bool = False
+    budget: dict[str, Any] = field(default_factory=dict)
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    workers: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record."""
         return asdict(self)
 
 
-def _prepare_model(spec: ModelSpec, config: PlanConfig, device: str) -> int:
-    """Move the model to ``device``, check its output patch, return its channel count."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available here")
-    spec.module.to(device)
-    try:
-        channels, ho, wo = probe(spec, config.patch_hw, device)
-    except ValueError as exc:
-        raise ModelOutputError(f"model {spec.name}: {exc}") from exc
-    if (ho, wo) != config.out_hw:
-        raise ModelOutputError(
-            f"model {spec.name} outputs {ho}x{wo} patches for {config.patch_hw} inputs, but the "
-            f"plan expects output_patch {config.out_hw}; set output_patch to match the model"
-        )
-    if spec.classes and len(spec.classes) != channels:
-        raise ModelOutputError(
-            f"model {spec.name} outputs {channels} channels but has {len(spec.classes)} classes"
-        )
-    return channels
-
-
-def _infer(spec: ModelSpec, batch: torch.Tensor, plan: Plan, device: str) -> NDArray[np.float32]:
-    """Run one batch and check its shape and values."""
-    with torch.inference_mode():
-        pixels = batch.to(device, non_blocking=True)
-        # Float batches come preprocessed by the reader (channels-last float32).
-        raw = pixels.dtype == torch.uint8
-        y = spec.module(spec.preprocess(pixels) if raw else pixels.permute(0, 3, 1, 2))
-    expected = (batch.shape[0], plan.channels, *plan.config.out_hw)
-    if tuple(y.shape) != expected:
-        raise ModelOutputError(f"model {spec.name} returned {tuple(y.shape)}, expected {expected}")
-    out = np.asarray(y.to(torch.float32).cpu().numpy())
-    # A sum is NaN/inf when any element is: one reduction costs a fraction of an
-    # elementwise isfinite pass, which runs only to rule out a float32 overflow.
-    if not np.isfinite(out.sum()) and not np.isfinite(out).all():
-        raise ModelOutputError(f"model {spec.name} returned NaN or inf probabilities")
-    return out
-
-
-def build_plan(
-    slide: Slide,
-    config: PlanConfig,
-    channels: int,
-    budget: int,
-    mask: object = None,
-    engine: Engine = "streaming",
-) -> Plan:
-    """Plan a slide: grid, tissue filtering, order, chunk bookkeeping.
-
-    The dense engine gets one strip: it needs no bound, and halo patches
-    would be added twice into its whole canvas.
-    """
-    keep = None
-    tissue = resolve_mask(mask, slide)
-    if tissue is not None:
-        out_shape = output_shape(slide.shape, slide.mpp, config.mpp)
-        origins = grid_origins(out_shape, config.out_hw, config.stride_hw)
-        keep = patches_touching(tissue, origins, config.out_hw, out_shape)
-    return make_plan(
-        slide.shape, slide.mpp, config, channels, budget, keep, strips=engine == "streaming"
-    )
-
-
-def _merge_all(
-    spec: ModelSpec, slide: Slide, plan: Plan, merger: Merger, opts: dict[str, Any]
-) -> None:
-    """The main loop: batches in plan order through the model into the merger."""
-    device = opts["device"]
-    on_cpu = device == "cpu"  # elsewhere uint8 batches travel and are preprocessed there
-    loader = make_loader(
-        slide, plan, opts["batch_size"], opts["workers"], not on_cpu,
-        spec.preprocess if on_cpu else None,
-    )  # fmt: skip
-    bar = tqdm(total=plan.n_patches, unit="patch", disable=not opts["progress"], smoothing=0.1)
-    trimmer = _malloc.HeapTrimmer()
-    with bar:
-        for batch, indices in loader:
-            merger.add(_infer(spec, batch, plan, device), indices.numpy())
-            trimmer.tick()
-            bar.update(len(indices))
-            bar.set_postfix(live=f"{merger.live_bytes / 2**20:.0f}MiB", refresh=False)
-
-
 def segment(
     slide: Slide | str | Path,
-    model: str | Path | nn.Module | ModelSpec = "passthrough",
+    model: str | Path | nn.Module | ModelSpec | None = None,
     config: PlanConfig | None = None,
     out: str | Path = "out.zarr",
     *,
-    engine: Engine = "streaming",
-    budget: int = DEFAULT_BUDGET,
-    mask: object = None,
-    batch_size: int = 8,
-    workers: int = 0,
-    device: str = "cpu",
-    overwrite: bool = False,
-    progress: bool = True,
-    dtype: str = "float32",
-    spill_dir: str | Path | None = None,
-    threads: int | None = None,
-    probabilities: bool = True,
+    run: RunConfig | None = None,
+    client: Any = None,
+    **options: Any,
 ) -> SegmentResult:
-    """Segment ``slide`` with ``model`` into the zarr group ``out``.
+    """Segment ``slide`` into the zarr group ``out``.
 
-    ``engine="streaming"`` holds at most ``budget`` bytes of merge buffers;
-    ``"dense"`` is the whole-canvas reference. ``mask`` is ``None``,
-    ``"auto"``, an image path or a boolean array (see :mod:`harness.mask`).
-    ``threads`` sets torch's intra-op threads for this process (``None``: torch's
-    default); one thread is often faster on small CPU models when cores are shared.
-    ``probabilities=False`` writes the label map only (the merge is the same).
+    Parameters
+    ----------
+    slide
+        A :class:`~harness.slides.base.Slide`, a path, or a ``synthetic:`` spec.
+    model
+        A built-in name, a model file, an ``nn.Module`` or a ``ModelSpec``
+        (default: ``run.model``, ``hne-colour``).
+    config
+        The patch plan (default: ``run.plan``).
+    out
+        The output folder (``OUT.zarr``).
+    run
+        The run description (:class:`~harness.config.RunConfig`); ``options``
+        override its fields by name (``budget=``, ``mask="auto"``, ``resume=True``,
+        plan fields such as ``stride=`` too), validated the same way.
+    client
+        A ``dask.distributed.Client``: run the output's blocks on its cluster.
     """
     t0 = time.time()
-    _configure_process(threads)
-    if engine not in ("streaming", "dense"):
-        raise ConfigError(f"engine must be 'streaming' or 'dense', got {engine!r}")
+    run = _run_config(model, config, run, options)
+    opened = _open(slide, model, run)
+    write_baseline()  # for a measuring parent: RSS after imports and model load
+    t_plan = time.time()
+    session, job, split = _own_output(opened, run, Path(out))
+    if session.already_complete:
+        return _complete_already(str(out), opened, run, session, t0)
+    t_inf = time.time()
+    try:
+        with stop_on_signals() as stop:
+            if client is not None:
+                from harness.distributed import run_on_client
+
+                bar = _bar(run, opened.total_patches)
+                blocks, workers = run_on_client(client, job, session, stop, bar)
+            else:
+                bar = _bar(run, opened.total_patches)
+                with bar:
+                    model_pair = (opened.spec, opened.channels)
+                    blocks = [run_block(job, slide=opened.slide, model=model_pair,
+                                        on_patches=bar.update, stop=stop)]  # fmt: skip
+                workers = {}
+        t_fin = time.time()
+        result = _result(str(out), opened, run, split, blocks, workers, session,
+                         (t0, t_plan, t_inf, t_fin, time.time()))  # fmt: skip
+        session.finish({"chunks_written": result.chunks_written, "ended": time.time(),
+                        "result": _summary(result)})  # fmt: skip
+    except Interrupted:
+        session.close(remove_state=False)
+        raise
+    except BaseException:
+        session.close(remove_state=False)
+        raise
+    return result
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """The slide, model and mask of a run, opened once by the driver."""
+
+    slide: Slide
+    source: str | None
+    spec: ModelSpec
+    channels: int
+    mask: NDArray[np.bool_] | None
+    total_patches: int
+
+
+def _run_config(
+    model: object, config: PlanConfig | None, run: RunConfig | None, options: dict[str, Any]
+) -> RunConfig:
+    base = run or RunConfig()
+    if config is not None:
+        options = {"plan": config, **options}
+    if isinstance(model, str | Path):
+        options = {"model": str(model), **options}
+    return base.replace(**options) if options else base
+
+
+def _open(slide: Slide | str | Path, model: object, run: RunConfig) -> _Opened:
+    """Open the slide, load and probe the model, resolve the mask, count patches."""
+    from harness.mask import count_patches
+
     if isinstance(slide, str | Path):
         from harness.slides import open_slide
 
-        slide = open_slide(slide)
-    config = config or PlanConfig()
-    spec = model if isinstance(model, ModelSpec) else _load(model, config)
-    channels = _prepare_model(spec, config, device)
-    write_baseline()  # for a measuring parent: RSS after imports and model load
-    t_plan = time.time()
-    plan = build_plan(slide, config, channels, budget, mask, engine)
-    _fit_read_cache(slide, plan)
-    classes = spec.classes or tuple(f"class{k}" for k in range(channels))
-    meta = _meta(slide, plan, spec, classes, engine)
-    writer = ZarrOutput(out, plan, meta, dtype, overwrite, probabilities)
-    t_inf = time.time()
-    opts = {"device": device, "batch_size": batch_size, "workers": workers, "progress": progress}
-    stats, t_fin = _run_engine(spec, slide, plan, writer, engine, budget, spill_dir, opts)
-    times = (t0, t_plan, t_inf, t_fin, time.time())
-    return _result(str(out), engine, spec.name, slide, plan, stats, budget, times)
+        slide = open_slide(slide, mpp=run.slide_mpp)
+    budgets.check_sizes(slide, run.plan, run.budget)  # before the probe allocates a patch
+    spec = load(run, None if isinstance(model, str | Path) else model)  # type: ignore[arg-type]
+    channels = prepare(spec, run.plan, run.device)
+    mask = resolve_mask(run.mask, slide)
+    total = count_patches(slide, run.plan, mask)
+    return _Opened(slide, slide_source(slide), spec, channels, mask, total)
 
 
-def _fit_read_cache(slide: Slide, plan: Plan) -> None:
-    """Shrink a slide's decoded-tile cache (where it has one) to what the sweep revisits."""
-    fit_cache = getattr(slide, "fit_cache", None)
-    if callable(fit_cache):
-        fit_cache(plan.read_band())
+def _own_output(
+    opened: _Opened, run: RunConfig, out: Path
+) -> tuple[OutputSession, BlockJob, budgets.BudgetSplit]:
+    """Split the budget, then create, replace or resume the output under its lock."""
+    slide, plan = opened.slide, run.plan
+    split = budgets.split(run, slide, opened.spec, opened.channels)
+    shape = output_shape(slide.shape, slide.mpp, plan.mpp)
+    classes = opened.spec.classes or tuple(f"class{k}" for k in range(opened.channels))
+    meta = _meta(opened, run, classes, split)
+    spec = StoreSpec(shape, plan.chunk_hw, opened.channels, meta, run.dtype, run.probabilities)
+    identity = run_identity(slide, opened.spec, run, opened.mask)
+    run_id = uuid.uuid4().hex[:12]
+    spill = (run.spill_dir,) if run.spill_dir else ()
+    session = open_for_run(out, spec, identity, overwrite=run.overwrite, resume=run.resume,
+                           run_id=run_id, spill=spill)  # fmt: skip
+    source = opened.source or ""
+    job = BlockJob(budgets.with_batch_size(run, split), source, str(out), None, opened.mask,
+                   split.merge, run_id, split.cache_bytes, split.heap_slack)  # fmt: skip
+    return session, job, split
 
 
-def _result(
-    out: str, engine: Engine, model: str, slide: Slide, plan: Plan, stats: MergeStats,
-    budget: int, times: tuple[float, float, float, float, float],
-) -> SegmentResult:  # fmt: skip
-    """The record of a finished run; ``times`` = start, plan, inference, finalise, end."""
-    t0, t_plan, t_inf, t_fin, t1 = times
-    return SegmentResult(
-        output=out, engine=engine, model=model, patches=plan.n_unique,
-        patch_runs=plan.n_patches, patches_masked_out=plan.patches_masked_out,
-        chunks_written=stats.chunks_written,
-        peak_live_bytes=stats.peak_live_bytes, spill_bytes=stats.spill_bytes,
-        reload_bytes=stats.reload_bytes, budget_bytes=budget, wall_s=t1 - t0,
-        slide_shape=slide.shape, out_shape=plan.out_shape,
-        megapixels_per_s=plan.out_shape[0] * plan.out_shape[1] / 1e6 / max(t1 - t0, 1e-9),
-        phases={"plan": (t_plan, t_inf), "inference": (t_inf, t_fin), "finalise": (t_fin, t1)},
-    )  # fmt: skip
-
-
-def _configure_process(threads: int | None) -> None:
-    """Process-wide settings: the malloc policy, and torch threads when asked."""
-    _malloc.configure()
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-
-
-def _run_engine(
-    spec: ModelSpec,
-    slide: Slide,
-    plan: Plan,
-    writer: ZarrOutput,
-    engine: Engine,
-    budget: int,
-    spill_dir: str | Path | None,
-    opts: dict[str, Any],
-) -> tuple[MergeStats, float]:
-    """Run every batch through the merger; return its statistics and when inference ended."""
-    sink = ThreadedSink(writer)
-    merger: Merger = (
-        StreamingMerger(plan, sink, budget, spill_dir)
-        if engine == "streaming"
-        else DenseMerger(plan, sink)
-    )
-    try:
-        _merge_all(spec, slide, plan, merger, opts)
-        t_fin = time.time()
-        stats = merger.finish()
-        sink.finish({"chunks_written": stats.chunks_written})
-    except BaseException:
-        sink.abort()
-        raise
-    finally:
-        merger.close()
-    return stats, t_fin
-
-
-def _load(model: str | Path | nn.Module, config: PlanConfig) -> ModelSpec:
-    try:
-        return load_model(model, out_size=config.out_hw)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+def _bar(run: RunConfig, total: int) -> tqdm[Any]:
+    return tqdm(total=total, unit="patch", disable=not run.progress, smoothing=0.1)
 
 
 def _meta(
-    slide: Slide, plan: Plan, spec: ModelSpec, classes: tuple[str, ...], engine: str
+    opened: _Opened, run: RunConfig, classes: tuple[str, ...], split: budgets.BudgetSplit
 ) -> dict[str, Any]:
+    slide = opened.slide
     return {
-        "mpp": plan.config.mpp or slide.mpp,
+        "mpp": run.plan.mpp or slide.mpp,
         "classes": list(classes),
-        "model": spec.name,
-        "engine": engine,
-        "plan": plan.config.to_dict(),
-        "slide": {"shape": list(slide.shape), "mpp": slide.mpp, "type": type(slide).__name__},
+        "model": opened.spec.name,
+        "engine": str(run.engine),
+        "plan": run.plan.to_dict(),
+        "slide": {
+            "shape": list(slide.shape),
+            "mpp": slide.mpp,
+            "type": type(slide).__name__,
+            "source": opened.source,
+        },
         "uncovered": "probabilities NaN, labels 255",
+        "budget": split.to_dict(),
+        "provenance": provenance(slide, run),
     }
+
+
+def _summary(result: SegmentResult) -> dict[str, Any]:
+    keep = ("patches", "patch_runs", "patches_done", "chunks_written", "peak_live_bytes",
+            "spill_bytes", "wall_s", "resumed")  # fmt: skip
+    return {k: getattr(result, k) for k in keep}
+
+
+def _result(
+    out: str, opened: _Opened, run: RunConfig, split: budgets.BudgetSplit,
+    blocks: list[BlockResult], workers: dict[str, Any], session: OutputSession,
+    times: tuple[float, float, float, float, float],
+) -> SegmentResult:  # fmt: skip
+    """The record of a finished run; ``times`` = start, plan, inference, finalise, end."""
+    t0, t_plan, t_inf, t_fin, t1 = times
+    shape = output_shape(opened.slide.shape, opened.slide.mpp, run.plan.mpp)
+    return SegmentResult(
+        output=out, engine=str(run.engine), model=opened.spec.name,
+        patches=opened.total_patches, patch_runs=sum(b.patch_runs for b in blocks),
+        patches_masked_out=max((b.patches_masked_out for b in blocks), default=0),
+        chunks_written=sum(b.chunks_written for b in blocks),
+        peak_live_bytes=max((b.peak_live_bytes for b in blocks), default=0),
+        spill_bytes=sum(b.spill_bytes for b in blocks),
+        reload_bytes=sum(b.reload_bytes for b in blocks), budget_bytes=run.budget,
+        wall_s=t1 - t0, slide_shape=opened.slide.shape, out_shape=shape,
+        megapixels_per_s=shape[0] * shape[1] / 1e6 / max(t1 - t0, 1e-9),
+        phases={"plan": (t_plan, t_inf), "inference": (t_inf, t_fin), "finalise": (t_fin, t1)},
+        patches_done=_patches_done(blocks), resumed=session.resumed, budget=split.to_dict(),
+        blocks=[b.to_dict() for b in blocks] if len(blocks) > 1 else [], workers=workers,
+    )  # fmt: skip
+
+
+def _patches_done(blocks: list[BlockResult]) -> int:
+    return sum(b.patches_done for b in blocks) if blocks else 0
+
+
+def _complete_already(
+    out: str, opened: _Opened, run: RunConfig, session: OutputSession, t0: float
+) -> SegmentResult:
+    """``resume`` on a complete output: nothing to do, say so."""
+    shape = output_shape(opened.slide.shape, opened.slide.mpp, run.plan.mpp)
+    return SegmentResult(
+        output=out, engine=str(run.engine), model=opened.spec.name,
+        patches=opened.total_patches, patch_runs=0, patches_masked_out=0, chunks_written=0,
+        peak_live_bytes=0, spill_bytes=0, reload_bytes=0, budget_bytes=run.budget,
+        wall_s=time.time() - t0, slide_shape=opened.slide.shape, out_shape=shape,
+        megapixels_per_s=0.0, patches_done=opened.total_patches, resumed=True,
+        already_complete=True,
+    )  # fmt: skip
+
+
+def check_engine(run: RunConfig, distributed: bool) -> None:
+    """Refuse combinations the engines do not support."""
+    if distributed and run.engine is Engine.DENSE:
+        raise ConfigError("the dense reference runs in one process; drop --cluster/--scheduler")

@@ -26,7 +26,9 @@ SIZES = [pytest.param(1024, id="1k"), pytest.param(4096, id="4k-16x-area")]
 def warm(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Import and initialise torch, zarr and the slide code outside the measured body."""
     out = tmp_path_factory.mktemp("warm") / "w.zarr"
-    segment(SyntheticSlide(512, 512), "passthrough", CONFIG, out, budget=BUDGET, progress=False)
+    segment(
+        SyntheticSlide(512, 512), "passthrough", CONFIG, out, merge_budget=BUDGET, progress=False
+    )
 
 
 @pytest.mark.memory
@@ -35,7 +37,7 @@ def warm(tmp_path_factory: pytest.TempPathFactory) -> None:
 def test_streaming_heap_peak_is_set_by_the_budget(warm, tmp_path, size) -> None:
     result = segment(
         SyntheticSlide(size, size), "passthrough", CONFIG, tmp_path / "o.zarr",
-        budget=BUDGET, progress=False,
+        merge_budget=BUDGET, progress=False,
     )  # fmt: skip
     assert result.peak_live_bytes <= BUDGET
 

@@ -34,7 +34,7 @@ def test_streaming_output_equals_dense_bitwise(noise_slide, tmp_path, model, bud
     cfg = PlanConfig(patch=48, output_patch=32, stride=16, chunk=32, mpp=0.5, order=order)
     budget = min_budget(cfg, 3) * budget_factor
     # WHEN both engines segment the same slide
-    s = _run(noise_slide, tmp_path / "s.zarr", model=model, config=cfg, budget=budget)
+    s = _run(noise_slide, tmp_path / "s.zarr", model=model, config=cfg, merge_budget=budget)
     d = _run(noise_slide, tmp_path / "d.zarr", model=model, config=cfg, engine="dense")
     # THEN the outputs are bitwise equal and the budget held
     cmp = compare_outputs(s.output, d.output)
@@ -82,7 +82,7 @@ def test_workers_give_the_same_output(noise_slide, tmp_path) -> None:
 def test_existing_output_is_refused_then_replaced(noise_slide, tmp_path) -> None:
     out = tmp_path / "o.zarr"
     _run(noise_slide, out)
-    with pytest.raises(OutputError, match="--overwrite"):
+    with pytest.raises(OutputError, match="overwrite=True"):
         _run(noise_slide, out)
     assert _run(noise_slide, out, overwrite=True).chunks_written > 0
 
@@ -97,19 +97,21 @@ def test_a_folder_that_is_not_zarr_is_never_deleted(noise_slide, tmp_path) -> No
 
 
 class _Broken(torch.nn.Module):
-    """Correct for the probe (batch of 1), then fails as configured."""
+    """Correct for the probes (a patch, then one full batch for the budget), then fails."""
 
     def __init__(self, mode: str) -> None:
         super().__init__()
-        self.mode = mode
+        self.mode, self.calls = mode, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
         out = torch.full((x.shape[0], 3, 32, 32), 1 / 3)
-        if x.shape[0] > 1 and self.mode == "nan":
+        failing = self.calls > 2
+        if failing and self.mode == "nan":
             out[0, 0, 0, 0] = float("nan")
-        if x.shape[0] > 1 and self.mode == "shape":
+        if failing and self.mode == "shape":
             out = out[:, :2]
-        if x.shape[0] > 1 and self.mode == "interrupt":
+        if failing and self.mode == "interrupt":
             raise KeyboardInterrupt
         return out
 

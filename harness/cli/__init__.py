@@ -11,10 +11,11 @@ import argparse
 import importlib
 import sys
 import traceback
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
-from harness import __version__
-from harness.errors import HarnessError
+from harness import __version__, policy
+from harness.errors import HarnessError, use_cli_hints
+from harness.interrupt import Interrupted
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -23,9 +24,17 @@ if TYPE_CHECKING:
 _COMMAND_MODULES = ("slides", "segment", "outputs", "measure", "versus")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one ``error:`` line naming the option (``--help`` has the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``error: <prog>: <message>`` and exit 2."""
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every area's sub-commands."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="wsi-harness",
         description="Bounded-memory whole-slide segmentation, and the tools to prove it.",
     )
@@ -40,17 +49,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``wsi-harness`` console script."""
+    # This process is ours: OpenMP's idle policy must be set before torch loads it,
+    # and hints name flags (--resume), not Python arguments (resume=True).
+    policy.prepare_environment()
+    use_cli_hints()
+    try:
+        return _main(argv)
+    finally:
+        use_cli_hints(False)  # main() called from Python (tests) leaves no trace
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     try:
         return int(args.func(args) or 0)
+    except Interrupted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except HarnessError as exc:
         if args.debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: output left marked incomplete", file=sys.stderr)
+        print("interrupted before any output was written", file=sys.stderr)
         return 130
 
 

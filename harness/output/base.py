@@ -11,11 +11,14 @@ exports that read a finished output live beside it (:mod:`harness.output.export`
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.errors import HarnessError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
     from numpy.typing import NDArray
 
@@ -25,6 +28,13 @@ Box = tuple[int, int, int, int]
 
 class OutputError(HarnessError):
     """The output store cannot be created, written or read."""
+
+
+def os_error(path: Path, exc: OSError, what: str) -> OutputError:
+    """One line for a failed filesystem operation on output ``path``."""
+    if exc.errno == errno.ENOSPC:
+        return OutputError(f"disk full while writing {path}; output left incomplete")
+    return OutputError(f"cannot {what} output {path}: {exc.strerror or exc}")
 
 
 class ChunkSink(Protocol):

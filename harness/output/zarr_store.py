@@ -18,24 +18,23 @@ chunk is on disk: an interrupted or failed run never looks complete.
 
 from __future__ import annotations
 
-import errno
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.storage import LocalStore
 
 from harness import __version__
 from harness.output._chunkfiles import ChunkFiles
-from harness.output.base import OutputError
+from harness.output.base import OutputError, os_error
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from harness.output.base import Box
-    from harness.plan import Plan
+    from harness.output.state import ProgressRecord
 
 ATTR = "wsi_harness"
 """Group attribute holding this format's record (version, complete, mpp, classes, ...)."""
@@ -47,87 +46,156 @@ OUTPUT_DTYPES = ("float32", "float16")
 PROBABILITIES, LABELS = "probabilities", "labels"
 
 
-def _prepare_path(path: Path, overwrite: bool) -> None:
-    if path.exists():
-        if not overwrite:
-            raise OutputError(f"output {path} already exists; pass --overwrite to replace it")
-        if path.is_dir() and ((path / "zarr.json").exists() or not any(path.iterdir())):
-            shutil.rmtree(path)
-        else:
-            raise OutputError(
-                f"output {path} exists and is not a zarr store; refusing to delete it"
-            )
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output directory {parent}: {exc.strerror}") from exc
+class ZarrStore:
+    """One output group on local disk: create or open it, name its chunks, mark it complete.
 
+    Writing goes through :class:`ChunkWriter`; the run that owns the output
+    (:mod:`harness.output.session`) decides whether to create, resume or refuse.
+    """
 
-class ZarrOutput:
-    """The zarr v3 output as an :class:`~harness.output.base.OutputSink`: creates the group,
-    writes finalised chunks, marks it complete."""
+    def __init__(self, path: Path, group: zarr.Group) -> None:
+        self.path, self.group = path, group
+        self.labels = output_array(group, LABELS)
+        self.probs = output_array(group, PROBABILITIES) if PROBABILITIES in group else None
+        h, w = self.labels.shape
+        ch, cw = self.labels.chunks
+        self.shape, self.chunk = (int(h), int(w)), (int(ch), int(cw))
+        self.grid = (-(-self.shape[0] // ch), -(-self.shape[1] // cw))
 
-    def __init__(
-        self,
-        path: str | Path,
-        plan: Plan,
-        meta: dict[str, Any],
-        dtype: str = "float32",
-        overwrite: bool = False,
-        probabilities: bool = True,
-    ) -> None:
+    @classmethod
+    def create(
+        cls, path: Path, shape: tuple[int, int], chunk: tuple[int, int], channels: int,
+        meta: dict[str, Any], dtype: str = "float32", probabilities: bool = True,
+    ) -> ZarrStore:  # fmt: skip
+        """Create the group at ``path`` (which must not exist) with ``complete`` false."""
         if dtype not in OUTPUT_DTYPES:
             raise OutputError(f"output dtype must be one of {OUTPUT_DTYPES}, got {dtype!r}")
-        self.path = Path(path)
-        _prepare_path(self.path, overwrite)
-        (h, w), (ch, cw), c = plan.out_shape, plan.config.chunk_hw, plan.channels
+        (h, w), (ch, cw), c = shape, chunk, channels
         compress = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
         try:
-            self.group = zarr.open_group(self.path, mode="w-", zarr_format=3)
-            probs = None if not probabilities else self.group.create_array(
-                PROBABILITIES, shape=(h, w, c), chunks=(ch, cw, c), dtype=dtype,
-                fill_value=PROBABILITY_FILL, compressors=compress,
-                dimension_names=("y", "x", "class"),
-            )  # fmt: skip
-            labels = self.group.create_array(
+            # Mode "a": the caller holds the output's lock and checked that no store is
+            # there; "w-" would refuse the folder because of the lock's own state folder.
+            group = zarr.open_group(path, mode="a", zarr_format=3)
+            if probabilities:
+                group.create_array(
+                    PROBABILITIES, shape=(h, w, c), chunks=(ch, cw, c), dtype=dtype,
+                    fill_value=PROBABILITY_FILL, compressors=compress,
+                    dimension_names=("y", "x", "class"),
+                )  # fmt: skip
+            group.create_array(
                 LABELS, shape=(h, w), chunks=(ch, cw), dtype="uint8",
                 fill_value=NO_LABEL, compressors=compress, dimension_names=("y", "x"),
             )  # fmt: skip
-            self.group.attrs[ATTR] = {**meta, "version": __version__, "complete": False}
+            group.attrs[ATTR] = {**meta, "version": __version__, "complete": False}
         except OSError as exc:
-            raise self._os_error(exc, "create") from exc
-        self.dtype = np.dtype(dtype)
-        # Whole-chunk writers (see harness._chunkfiles), one per array.
-        self.probs = None if probs is None else ChunkFiles(probs)
-        self.labels = ChunkFiles(labels)
+            raise os_error(path, exc, "create") from exc
+        return cls(path, group)
 
-    def _os_error(self, exc: OSError, what: str) -> OutputError:
-        if exc.errno == errno.ENOSPC:
-            return OutputError(f"disk full while writing {self.path}; output left incomplete")
-        return OutputError(f"cannot {what} output {self.path}: {exc.strerror or exc}")
+    @classmethod
+    def open(cls, path: Path, writable: bool = True) -> ZarrStore:
+        """Open an existing output (complete or not)."""
+        open_output(path, require_complete=False)
+        return cls(path, zarr.open_group(path, mode="r+" if writable else "r"))
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The format's record (``attrs[ATTR]``)."""
+        return output_meta(self.group)
+
+    def update_meta(self, **changes: Any) -> None:
+        """Replace fields of the record (zarr writes ``zarr.json`` atomically)."""
+        try:
+            self.group.attrs[ATTR] = {**self.meta, **changes}
+        except OSError as exc:
+            raise os_error(self.path, exc, "update") from exc
+
+    def mark_complete(self, record: dict[str, Any]) -> None:
+        """Add ``record`` and set the completion marker: the last write of a run."""
+        self.update_meta(**record, complete=True)
+
+    def chunk_id(self, box: Box) -> int:
+        """Row-major id of the chunk whose box starts at ``box[0], box[2]``."""
+        return (box[0] // self.chunk[0]) * self.grid[1] + box[2] // self.chunk[1]
+
+    def arrays(self) -> list[zarr.Array[Any]]:
+        """The stored arrays (probabilities first, when present)."""
+        return [a for a in (self.probs, self.labels) if a is not None]
+
+    def final_chunks(self, candidates: NDArray[np.bool_]) -> NDArray[np.bool_]:
+        """Which ``candidates`` chunks are final: in a progress record, or whole on disk.
+
+        A chunk absent from every record but whose files exist for every array
+        and decode to a whole chunk was committed after the last record (see
+        :mod:`harness.output.state`); anything else is not final.
+        """
+        from harness.output.state import read_records
+
+        final = read_records(self.path, candidates.size) & candidates
+        for c in np.flatnonzero(candidates & ~final):
+            final[c] = all(_chunk_whole(a, divmod(int(c), self.grid[1])) for a in self.arrays())
+        return final
+
+
+def _chunk_whole(array: zarr.Array[Any], rc: tuple[int, int]) -> bool:
+    """Whether chunk ``rc`` of ``array`` is on disk and decodes to a whole chunk."""
+    index = rc + (0,) * (array.ndim - 2)
+    store = array.store
+    assert isinstance(store, LocalStore), "outputs are local folders"
+    path = Path(store.root) / array.path / array.metadata.encode_chunk_key(index)
+    return path.is_file() and _decodes(array, index)
+
+
+def _decodes(array: zarr.Array[Any], index: tuple[int, ...]) -> bool:
+    try:
+        block = np.asarray(array.get_block_selection(index))
+    except Exception:  # a file torn by a power cut decodes to an error, never to data
+        return False
+    return block.size > 0
+
+
+class ChunkWriter:
+    """The :class:`~harness.output.base.OutputSink` of one block: writes its final chunks.
+
+    Each chunk's arrays are committed whole (:mod:`harness.output._chunkfiles`),
+    then the chunk is marked in the block's :class:`~harness.output.state.ProgressRecord`.
+    ``finish`` and ``abort`` persist the record; marking the whole output
+    complete is the owning run's last step (:meth:`ZarrStore.mark_complete`).
+    """
+
+    def __init__(self, store: ZarrStore, progress: ProgressRecord | None = None) -> None:
+        self.store, self.progress = store, progress
+        probs = store.probs
+        self.dtype = None if probs is None else np.dtype(probs.dtype)
+        # Whole-chunk writers (see harness.output._chunkfiles), one per array.
+        self.probs = None if probs is None else ChunkFiles(probs)
+        self.labels = ChunkFiles(store.labels)
+        self.chunks_written = 0
 
     def write_chunk(self, box: Box, probs: NDArray[np.float32], labels: NDArray[np.uint8]) -> None:
-        """Write one finalised chunk (``box = (y0, y1, x0, x1)``)."""
+        """Write one finalised chunk (``box = (y0, y1, x0, x1)``) and record it final."""
         # All fill value (NaN, label 255) exactly where no patch covered any pixel.
         empty = labels[0, 0] == NO_LABEL and bool((labels == NO_LABEL).all())
         try:
             if self.probs is not None:
                 self.probs.write(box, probs.astype(self.dtype, copy=False), empty)
             self.labels.write(box, labels, empty)
+            if self.progress is not None:
+                self.progress.mark(self.store.chunk_id(box))
         except OSError as exc:
-            raise self._os_error(exc, "write") from exc
+            raise os_error(self.store.path, exc, "write") from exc
+        self.chunks_written += 1
 
     def finish(self, record: dict[str, Any]) -> None:
-        """Add ``record`` to the attributes and set the completion marker, last of all writes."""
-        try:
-            attrs = dict(self.group.attrs[ATTR])  # type: ignore[arg-type]
-            self.group.attrs[ATTR] = {**attrs, **record, "complete": True}
-        except OSError as exc:
-            raise self._os_error(exc, "finish") from exc
+        """Every chunk of the block is written: persist its progress record."""
+        self.abort()
 
     def abort(self) -> None:
-        """Nothing to undo: every committed chunk stays, ``complete`` stays false."""
+        """Persist what is committed; the output stays incomplete."""
+        if self.progress is not None:
+            try:
+                self.progress.persist()
+            except OSError as exc:
+                raise os_error(self.store.path, exc, "write progress of") from exc
 
 
 def open_output(path: str | Path, require_complete: bool = True) -> zarr.Group:

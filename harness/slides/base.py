@@ -56,3 +56,16 @@ def output_size(box: Box, slide_mpp: float, mpp: float | None) -> tuple[int, int
         return height, width
     scale = slide_mpp / mpp
     return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+@runtime_checkable
+class CachedSlide(Slide, Protocol):
+    """A slide that keeps a byte-bounded cache of decoded tiles, counted in the run budget."""
+
+    def cache_need(self, band_hw: tuple[int, int]) -> int:
+        """Cache bytes for reads sweeping a band of ``band_hw`` level-0 pixels to decode once."""
+        ...
+
+    def resize_cache(self, max_bytes: int) -> None:
+        """Set the cache capacity (evicting what no longer fits)."""
+        ...

@@ -47,6 +47,11 @@ class OpenSlideSlide:
         self._mpp_arg = mpp
         self._open()
 
+    @property
+    def path(self) -> Path:
+        """The slide file."""
+        return self._path
+
     def _open(self) -> None:
         if not self._path.is_file():
             raise SlideError(f"slide file not found: {self._path}")

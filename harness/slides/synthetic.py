@@ -227,6 +227,16 @@ class SyntheticSlide:
         )
 
     @property
+    def spec(self) -> str:
+        """The canonical ``synthetic:`` spec that rebuilds this slide (every parameter explicit)."""
+        h, w = self._shape
+        art = "+".join(self.artefacts) if self.artefacts else "0"
+        return (
+            f"synthetic:{w}x{h},seed={self.seed},tissue={self.tissue_fraction!r},"
+            f"mpp={self._mpp!r},artefacts={art}"
+        )
+
+    @property
     def shape(self) -> tuple[int, int]:
         """Level-0 ``(height, width)`` in pixels."""
         return self._shape

@@ -273,18 +273,26 @@ class TiffSlide:
         """``(height, width)`` of each stored level."""
         return tuple(lv.shape for lv in self._levels)
 
-    def fit_cache(self, band_hw: tuple[int, int]) -> int:
-        """Shrink the tile cache to what reads sweeping ``band_hw`` (level-0 px) revisit.
+    def cache_need(self, band_hw: tuple[int, int]) -> int:
+        """Cache bytes for reads sweeping ``band_hw`` (level-0 px) to decode each tile once.
 
         Rounds the band out to whole level-0 tiles plus one tile each way (a
-        bound for every lower level too) and never grows the cache beyond the
-        ``cache_bytes`` it was opened with. Returns the new capacity in bytes.
+        bound for every lower level too), never above the ``cache_bytes`` the
+        slide was opened with.
         """
         th, tw = self._levels[0].segment
         rows = (-(-band_hw[0] // th) + 1) * th
         cols = (-(-band_hw[1] // tw) + 1) * tw
-        need = min(rows * cols * 3, self._cache_bytes)
-        self.cache.resize(need)
+        return min(rows * cols * 3, self._cache_bytes)
+
+    def resize_cache(self, max_bytes: int) -> None:
+        """Set the tile cache capacity (at most the ``cache_bytes`` opened with)."""
+        self.cache.resize(min(int(max_bytes), self._cache_bytes))
+
+    def fit_cache(self, band_hw: tuple[int, int]) -> int:
+        """Resize the cache to :meth:`cache_need` of ``band_hw``; return the new capacity."""
+        need = self.cache_need(band_hw)
+        self.resize_cache(need)
         return need
 
     def read(self, box: Box, mpp: float | None = None) -> NDArray[np.uint8]:

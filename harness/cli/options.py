@@ -1,0 +1,81 @@
+"""The ``segment`` flags, generated from :data:`harness.config.OPTIONS`.
+
+Every command that runs segmentations (``segment``, ``profile``'s pass-through,
+``scaling``, ``cohort``) adds the same flags from the same table, with the
+defaults of :class:`~harness.config.RunConfig`, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from harness.config import OPTIONS, Option, RunConfig, _get
+from harness.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+def _typed(opt: Option) -> Callable[[str], Any]:
+    """An argparse ``type`` that turns our ConfigError into argparse's one-line usage error."""
+    assert opt.parse is not None
+    parse = opt.parse
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except (ConfigError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+    convert.__name__ = opt.dest  # argparse names the type in its error message
+    return convert
+
+
+def _default_text(opt: Option, default: Any) -> str:
+    if opt.parse is None:
+        return ""
+    if default is None:
+        return " (default: none)"
+    if opt.field == "budget":
+        from harness.units import format_bytes
+
+        return f" (default: {format_bytes(default)})"
+    return f" (default: {opt.show(default)})"
+
+
+def _declared_default(defaults: RunConfig, path: str) -> Any:
+    """A field's declared default (PlanConfig normalises ``output_patch=None`` to the patch)."""
+    if path.startswith("plan."):
+        import dataclasses
+
+        from harness.plan import PlanConfig
+
+        declared = {f.name: f.default for f in dataclasses.fields(PlanConfig)}
+        value = declared[path[5:]]
+        return value if value is not dataclasses.MISSING else _get(defaults, path)
+    return _get(defaults, path)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """Add every run flag (except those setting the fields in ``skip``) to ``parser``."""
+    defaults = RunConfig()
+    group = parser.add_argument_group("run options")
+    for opt in OPTIONS:
+        if opt.field in skip:
+            continue
+        default = _declared_default(defaults, opt.field)
+        help_text = opt.help + _default_text(opt, default)
+        if opt.parse is None:
+            group.add_argument(opt.flag, action="store_true", help=help_text)
+        else:
+            group.add_argument(
+                opt.flag, type=_typed(opt), default=default, choices=opt.choices,
+                metavar=opt.metavar, help=help_text,
+            )  # fmt: skip
+
+
+def run_config(ns: argparse.Namespace, **overrides: Any) -> RunConfig:
+    """The :class:`RunConfig` of parsed arguments, with ``overrides`` applied."""
+    config = RunConfig.from_namespace(ns)
+    return config.replace(**overrides) if overrides else config
