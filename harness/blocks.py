@@ -228,3 +228,32 @@ def count_final(store: ZarrStore, expected: NDArray[np.int32]) -> tuple[int, int
     touched = expected > 0
     final = store.final_chunks(touched)
     return int(np.count_nonzero(final)), int(np.count_nonzero(touched))
+
+
+def loss_bound(plan: Plan, queued: int = 6) -> int:
+    """Most patches a kill at any instant can cost the resumed run of ``plan``.
+
+    A kill loses the chunks not committed yet: the live ones (partial sums in
+    RAM) and up to ``queued`` final ones still with the writer (its queue of 4,
+    the one it encodes, the one being handed over). Every patch already added
+    into one of those runs again. This walks the plan once and returns the
+    largest such count (summed per chunk, so an upper bound on distinct patches).
+    """
+    from collections import deque
+
+    remaining = plan.expected.astype(np.int64).copy()
+    live_done, worst = 0, 0
+    recent: deque[int] = deque()
+    recent_sum = 0
+    for i in range(plan.n_patches):
+        for c in plan.chunks_of(i):
+            remaining[c] -= 1
+            live_done += 1
+            if remaining[c] == 0:
+                live_done -= int(plan.expected[c])
+                recent.append(int(plan.expected[c]))
+                recent_sum += recent[-1]
+                if len(recent) > queued:
+                    recent_sum -= recent.popleft()
+        worst = max(worst, live_done + recent_sum)
+    return worst

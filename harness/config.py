@@ -420,6 +420,9 @@ OPTIONS: tuple[Option, ...] = (
            "supplies its metadata)", _optional(float)),
     Option("--spill-dir", "spill_dir", "scratch folder for raster-order spills (default: "
            "inside the output)", _optional(str), metavar="DIR"),
+    Option("--merge-budget", "merge_budget", "bytes for the merge buffers alone, overriding "
+           "their share of --budget (for studies of the merger)", _optional(_budget),
+           _budget_text, metavar="SIZE"),
     Option("--block", "block", "work-unit side in output chunks for --cluster/--scheduler "
            "(default: chosen from the budget and the worker count)", _optional(int)),
     Option("--overwrite", "overwrite", "replace an existing output"),

@@ -23,6 +23,7 @@ beside it and never compared: moving or copying a slide does not block a resume.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import socket
@@ -151,7 +152,7 @@ def run_identity(
     import torch
 
     plan = {k: v for k, v in config.plan.to_dict().items() if k != "order"}
-    return {
+    record = {
         "slide": slide_identity(slide),
         "model": model_identity(spec, config),
         "plan": plan,
@@ -163,6 +164,9 @@ def run_identity(
             "harness": __version__,
         },
     }
+    # As stored (JSON: tuples become lists), so a recorded identity compares equal.
+    normal: dict[str, Any] = json.loads(json.dumps(record))
+    return normal
 
 
 def provenance(slide: Slide, config: RunConfig) -> dict[str, Any]:
@@ -198,9 +202,10 @@ def difference(recorded: dict[str, Any], given: dict[str, Any]) -> str | None:
         for key in dict.fromkeys([*a, *b]):
             if a.get(key) != b.get(key):
                 label = _LABELS.get((section, key), f"{section} {key}")
+                verb = "differ" if label.endswith("weights") else "differs"
                 prefix = "sha256 " if key.endswith("sha256") or key == "fingerprint" else ""
                 return (
-                    f"{label} differ{'s' if not label.endswith('s') else ''}: {prefix}"
+                    f"{label} {verb}: {prefix}"
                     f"{_short(a.get(key))} recorded, {prefix}{_short(b.get(key))} given"
                 )
     return None

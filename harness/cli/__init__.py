@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 #: Modules that contribute sub-commands, in help order.
-_COMMAND_MODULES = ("slides", "segment", "outputs", "measure", "versus")
+_COMMAND_MODULES = ("slides", "segment", "status", "outputs", "measure", "versus")
 
 
 class OneLineParser(argparse.ArgumentParser):
