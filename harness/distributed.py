@@ -148,15 +148,13 @@ def run_on_client(
     futures = [client.submit(_task, j, key=f"wsi-block-{job.run_id}-{j.region.key}", pure=False)
                for j in jobs if j.region is not None]  # fmt: skip
     try:
-        while True:
-            done, pending = wait(futures, timeout=0.5, return_when="ALL_COMPLETED")
-            if not pending:
-                break
+        while not all(f.done() for f in futures):
             if stop.requested:
                 client.cancel(futures)
                 assert stop.signum is not None
                 raise Interrupted(stop.signum, int(bar.n), int(bar.total or bar.n))
-        del done
+            with contextlib.suppress(TimeoutError):
+                wait(futures, timeout=0.5)
         results: list[BlockResult] = client.gather(futures)
     finally:
         client.unsubscribe_topic(PROGRESS_TOPIC)

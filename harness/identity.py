@@ -12,8 +12,9 @@ that changes the bits of the result:
   ``order`` or the budget: every order and strip width gives the same bits);
 * ``mask`` -- the setting and a sha256 of the resolved mask;
 * ``output`` -- dtype and whether probabilities are stored;
-* ``compute`` -- device kind and torch version (a GPU or another oneDNN build
-  rounds differently), and the harness version.
+* ``compute`` -- device kind, torch version and torch thread count (a GPU,
+  another oneDNN build or another thread count rounds differently), and the
+  harness version.
 
 **Provenance** (source path, mtime, mask, budget, timestamps, host) is recorded
 beside it and never compared: moving or copying a slide does not block a resume.
@@ -56,6 +57,7 @@ _LABELS = {
     ("compute", "harness"): "harness version",
     ("compute", "torch"): "torch version",
     ("compute", "device"): "device",
+    ("compute", "threads"): "torch threads",
 }
 
 
@@ -146,9 +148,18 @@ def mask_identity(setting: object, mask: NDArray[np.bool_] | None) -> dict[str, 
 
 
 def run_identity(
-    slide: Slide, spec: ModelSpec, config: RunConfig, mask: NDArray[np.bool_] | None
+    slide: Slide,
+    spec: ModelSpec,
+    config: RunConfig,
+    mask: NDArray[np.bool_] | None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """The identity record of a run (see the module docstring)."""
+    """The identity record of a run (see the module docstring).
+
+    ``threads`` is the torch intra-op thread count the patches run with (default:
+    this process's): oneDNN's convolutions sum in an order that depends on it,
+    so runs with different counts differ in the last bits (about 3e-8).
+    """
     import torch
 
     plan = {k: v for k, v in config.plan.to_dict().items() if k != "order"}
@@ -161,6 +172,7 @@ def run_identity(
         "compute": {
             "device": config.device.split(":")[0],
             "torch": torch.__version__,
+            "threads": threads if threads is not None else torch.get_num_threads(),
             "harness": __version__,
         },
     }
@@ -191,8 +203,12 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def difference(recorded: dict[str, Any], given: dict[str, Any]) -> str | None:
-    """The first field that differs, in words (None when the identities are equal)."""
+def difference(
+    recorded: dict[str, Any],
+    given: dict[str, Any],
+    ignore: frozenset[tuple[str, str]] = frozenset(),
+) -> str | None:
+    """The first field that differs, in words (None when equal; ``ignore``: (section, key))."""
     for section in dict.fromkeys([*recorded, *given]):
         a, b = recorded.get(section), given.get(section)
         if a == b:
@@ -200,7 +216,7 @@ def difference(recorded: dict[str, Any], given: dict[str, Any]) -> str | None:
         if not isinstance(a, dict) or not isinstance(b, dict):
             return f"{section} differs: {_short(a)} recorded, {_short(b)} given"
         for key in dict.fromkeys([*a, *b]):
-            if a.get(key) != b.get(key):
+            if a.get(key) != b.get(key) and (section, key) not in ignore:
                 label = _LABELS.get((section, key), f"{section} {key}")
                 verb = "differ" if label.endswith("weights") else "differs"
                 prefix = "sha256 " if key.endswith("sha256") or key == "fingerprint" else ""

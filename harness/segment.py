@@ -16,6 +16,7 @@ the entry point owns its process (:mod:`harness.policy`).
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -30,13 +31,15 @@ from harness.config import Engine, RunConfig
 from harness.errors import ConfigError
 from harness.identity import provenance, run_identity, slide_source
 from harness.inference import ModelOutputError, load, prepare
-from harness.interrupt import Interrupted, stop_on_signals
+from harness.interrupt import Interrupted, StopRequest, stop_on_signals
 from harness.mask import resolve_mask
 from harness.measure.runner import write_baseline
 from harness.output.session import OutputSession, StoreSpec, open_for_run
 from harness.plan import PlanConfig, output_shape
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import numpy as np
     from numpy.typing import NDArray
     from torch import nn
@@ -87,6 +90,7 @@ def segment(
     *,
     run: RunConfig | None = None,
     client: Any = None,
+    stop: StopRequest | None = None,
     **options: Any,
 ) -> SegmentResult:
     """Segment ``slide`` into the zarr group ``out``.
@@ -108,18 +112,21 @@ def segment(
         plan fields such as ``stride=`` too), validated the same way.
     client
         A ``dask.distributed.Client``: run the output's blocks on its cluster.
+    stop
+        A :class:`~harness.interrupt.StopRequest` someone else sets (a cohort's
+        driver); by default SIGINT/SIGTERM set one while this call runs.
     """
     t0 = time.time()
     run = _run_config(model, config, run, options)
     opened = _open(slide, model, run)
     write_baseline()  # for a measuring parent: RSS after imports and model load
     t_plan = time.time()
-    session, job, split = _own_output(opened, run, Path(out))
+    session, job, split = _own_output(opened, run, Path(out), distributed=client is not None)
     if session.already_complete:
         return _complete_already(str(out), opened, run, session, t0)
     t_inf = time.time()
     try:
-        with stop_on_signals() as stop:
+        with _signals(stop) as stop:
             if client is not None:
                 from harness.distributed import run_on_client
 
@@ -144,6 +151,15 @@ def segment(
         session.close(remove_state=False)
         raise
     return result
+
+
+@contextlib.contextmanager
+def _signals(given: StopRequest | None) -> Iterator[StopRequest]:
+    if given is not None:
+        yield given
+        return
+    with stop_on_signals() as stop:
+        yield stop
 
 
 @dataclass(frozen=True)
@@ -186,7 +202,7 @@ def _open(slide: Slide | str | Path, model: object, run: RunConfig) -> _Opened:
 
 
 def _own_output(
-    opened: _Opened, run: RunConfig, out: Path
+    opened: _Opened, run: RunConfig, out: Path, distributed: bool = False
 ) -> tuple[OutputSession, BlockJob, budgets.BudgetSplit]:
     """Split the budget, then create, replace or resume the output under its lock."""
     slide, plan = opened.slide, run.plan
@@ -195,7 +211,9 @@ def _own_output(
     classes = opened.spec.classes or tuple(f"class{k}" for k in range(opened.channels))
     meta = _meta(opened, run, classes, split)
     spec = StoreSpec(shape, plan.chunk_hw, opened.channels, meta, run.dtype, run.probabilities)
-    identity = run_identity(slide, opened.spec, run, opened.mask)
+    # Cluster workers run one torch thread each unless --threads says otherwise.
+    threads = (run.threads or 1) if distributed else None
+    identity = run_identity(slide, opened.spec, run, opened.mask, threads)
     run_id = uuid.uuid4().hex[:12]
     spill = (run.spill_dir,) if run.spill_dir else ()
     session = open_for_run(out, spec, identity, overwrite=run.overwrite, resume=run.resume,

@@ -20,8 +20,11 @@ from harness.interrupt import Interrupted
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+INTERNAL_ERROR = 70
+"""Exit status of a bug in the harness (sysexits' EX_SOFTWARE), never of bad input."""
+
 #: Modules that contribute sub-commands, in help order.
-_COMMAND_MODULES = ("slides", "segment", "status", "outputs", "measure", "versus")
+_COMMAND_MODULES = ("slides", "segment", "cohort", "status", "outputs", "measure", "versus")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -78,6 +81,12 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print("interrupted before any output was written", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug in the harness: still one line, the traceback on request
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: internal error ({type(exc).__name__}: {exc}); please report it with "
+              "the output of --debug", file=sys.stderr)  # fmt: skip
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

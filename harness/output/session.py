@@ -34,6 +34,9 @@ from harness.output.base import OutputError, os_error
 from harness.output.state import STATE_DIR, Holder, OutputLock, state_dir
 from harness.output.zarr_store import ATTR, ZarrStore
 
+COMPLETE_IGNORES = frozenset({("compute", "threads")})
+"""Identity fields a complete output may differ in and still count as this run's result
+(the thread count changes only the last bits, and nothing will be mixed)."""
 SPILL_PREFIX = "wsi-harness-spill-"
 """Spill stores name their folders ``SPILL_PREFIX + run id + '-' + random``."""
 
@@ -128,11 +131,15 @@ def open_for_run(
     store = ZarrStore.open(path, writable=False)
     meta = store.meta
     if resume:
-        if meta.get("complete"):
-            return OutputSession(store, None, resumed=True, already_complete=True)
         recorded = meta.get("identity")
         if not isinstance(recorded, dict):
             raise OutputError(f"output {path} records no identity, so it cannot be resumed")
+        if meta.get("complete"):
+            # Nothing will be mixed: only what the result is *of* must match.
+            if (diff := difference(recorded, identity, ignore=COMPLETE_IGNORES)) is not None:
+                raise OutputError(f"{path} is complete but {diff}; pass {hint('overwrite')} "
+                                  "to recompute it")  # fmt: skip
+            return OutputSession(store, None, resumed=True, already_complete=True)
         if (diff := difference(recorded, identity)) is not None:
             raise OutputError(f"cannot resume {path}: {diff}; nothing was changed")
         return _resume(path, run_id, spill)
