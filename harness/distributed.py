@@ -85,7 +85,7 @@ def cluster_client(run: RunConfig, cluster: str | None, scheduler: str | None) -
     if cluster:
         n = parse_cluster(cluster)
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                          memory_limit=worker_memory_limit(run), dashboard_address=None,
+                          memory_limit=worker_memory_limit(run), dashboard_address=":0",
                           silence_logs=40) as lc, Client(lc) as client:  # fmt: skip
             client.register_plugin(ProcessPolicy(run.threads or 1))
             yield client

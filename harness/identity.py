@@ -12,9 +12,10 @@ that changes the bits of the result:
   ``order`` or the budget: every order and strip width gives the same bits);
 * ``mask`` -- the setting and a sha256 of the resolved mask;
 * ``output`` -- dtype and whether probabilities are stored;
-* ``compute`` -- device kind, torch version and torch thread count (a GPU,
-  another oneDNN build or another thread count rounds differently), and the
-  harness version.
+* ``compute`` -- device kind, torch version, torch thread count and batch size
+  (a GPU, another oneDNN build, thread count or batch size picks other kernels
+  that round differently; every batch is padded to the batch size, see
+  :func:`harness.inference._padded`), and the harness version.
 
 **Provenance** (source path, mtime, mask, budget, timestamps, host) is recorded
 beside it and never compared: moving or copying a slide does not block a resume.
@@ -58,6 +59,7 @@ _LABELS = {
     ("compute", "torch"): "torch version",
     ("compute", "device"): "device",
     ("compute", "threads"): "torch threads",
+    ("compute", "batch_size"): "batch size",
 }
 
 
@@ -173,6 +175,7 @@ def run_identity(
             "device": config.device.split(":")[0],
             "torch": torch.__version__,
             "threads": threads if threads is not None else torch.get_num_threads(),
+            "batch_size": config.batch_size,
             "harness": __version__,
         },
     }

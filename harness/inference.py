@@ -122,12 +122,13 @@ def infer(
     spec: ModelSpec, pixels: torch.Tensor, run: RunConfig, channels: int, batch: int
 ) -> NDArray[np.float32]:
     """One batch through the model, activated and checked (see the module docstring)."""
+    n = pixels.shape[0]
     with torch.inference_mode():
-        x = pixels.to(run.device, non_blocking=True)
+        x = _padded(pixels, run.batch_size).to(run.device, non_blocking=True)
         # Float batches come preprocessed by the reader (channels-last float32).
         x = spec.preprocess(x) if x.dtype == torch.uint8 else x.permute(0, 3, 1, 2)
-        y = _forward(spec, x, batch)
-        expected = (pixels.shape[0], channels, *run.plan.out_hw)
+        y = _forward(spec, x, batch)[:n]
+        expected = (n, channels, *run.plan.out_hw)
         if tuple(y.shape) != expected:
             raise ModelOutputError(
                 f"model {spec.name} returned {tuple(y.shape)} on batch {batch}, expected {expected}"
@@ -139,6 +140,22 @@ def infer(
         out = np.asarray(y.to(torch.float32).cpu().numpy())
     check_probabilities(out, spec.name, batch, run)
     return out
+
+
+def _padded(pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """A short batch padded to ``batch_size`` with copies of its last patch.
+
+    oneDNN picks its convolution kernel by batch size (measured with tiny-cnn at
+    64 px, one thread: batches of 2-15 agree bitwise, 1 and 16+ differ by 6e-8),
+    so the same patch could come out differently in the short last batch of a
+    block, a strip or a resumed run. At a fixed batch size the result of a patch
+    does not depend on its neighbours in the batch, so padding every batch to
+    the configured size makes each patch's output independent of the partition.
+    """
+    n = pixels.shape[0]
+    if n >= batch_size:
+        return pixels
+    return torch.cat([pixels, pixels[-1:].expand(batch_size - n, *pixels.shape[1:])])
 
 
 def check_probabilities(out: NDArray[np.float32], name: str, batch: int, run: RunConfig) -> None:

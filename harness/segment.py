@@ -213,13 +213,14 @@ def _own_output(
     spec = StoreSpec(shape, plan.chunk_hw, opened.channels, meta, run.dtype, run.probabilities)
     # Cluster workers run one torch thread each unless --threads says otherwise.
     threads = (run.threads or 1) if distributed else None
-    identity = run_identity(slide, opened.spec, run, opened.mask, threads)
+    effective = budgets.with_batch_size(run, split)  # the batch size the budget allows
+    identity = run_identity(slide, opened.spec, effective, opened.mask, threads)
     run_id = uuid.uuid4().hex[:12]
     spill = (run.spill_dir,) if run.spill_dir else ()
     session = open_for_run(out, spec, identity, overwrite=run.overwrite, resume=run.resume,
                            run_id=run_id, spill=spill)  # fmt: skip
     source = opened.source or ""
-    job = BlockJob(budgets.with_batch_size(run, split), source, str(out), None, opened.mask,
+    job = BlockJob(effective, source, str(out), None, opened.mask,
                    split.merge, run_id, split.cache_bytes, split.heap_slack)  # fmt: skip
     return session, job, split
 

@@ -34,9 +34,9 @@ from harness.output.base import OutputError, os_error
 from harness.output.state import STATE_DIR, Holder, OutputLock, state_dir
 from harness.output.zarr_store import ATTR, ZarrStore
 
-COMPLETE_IGNORES = frozenset({("compute", "threads")})
+COMPLETE_IGNORES = frozenset({("compute", "threads"), ("compute", "batch_size")})
 """Identity fields a complete output may differ in and still count as this run's result
-(the thread count changes only the last bits, and nothing will be mixed)."""
+(thread count and batch size change only the last bits, and nothing will be mixed)."""
 SPILL_PREFIX = "wsi-harness-spill-"
 """Spill stores name their folders ``SPILL_PREFIX + run id + '-' + random``."""
 
