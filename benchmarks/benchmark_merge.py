@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.common import (
+    DEFAULT_BUDGET,
     SLIDE_MPP,
     VARIANTS,
     NullSink,
@@ -44,7 +45,7 @@ class Merge(OneShot):
         make_plan = require("harness.plan", "make_plan")
         seeded = require("harness.models", "seeded_probabilities")
         config = plan_config(order=order)
-        self.budget = parse_budget(budget)
+        self.budget = parse_budget(budget or DEFAULT_BUDGET)
         self.engine = engine
         self.plan = make_plan(
             (size, size), SLIDE_MPP, config, CHANNELS, self.budget, None, strips=engine != "dense"

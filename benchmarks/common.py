@@ -172,13 +172,26 @@ def read_all_patches(slide: Any, plan: Any) -> None:
         slide.read(plan.input_box(i), plan.config.mpp)
 
 
+def _floor_writer(plan: Any, out: Path) -> Any:
+    """A chunk writer for ``out`` in whatever form this commit has."""
+    meta = {"benchmark": "physical floor"}
+    try:
+        store_cls = require("harness.output", "ZarrStore")
+        writer_cls = require("harness.output", "ChunkWriter")
+    except NotImplementedError:  # commits before the run-state output package
+        try:
+            old = require("harness.output", "ZarrOutput")
+        except NotImplementedError:
+            old = require("harness.output", "OutputWriter")
+        return old(out, plan, meta, "float32", True)
+    shutil.rmtree(out, ignore_errors=True)
+    store = store_cls.create(out, plan.out_shape, plan.config.chunk_hw, plan.channels, meta)
+    return writer_cls(store)
+
+
 def write_all_chunks(plan: Any, out: Path) -> None:
     """Write every touched output chunk of ``plan`` once (seeded probabilities)."""
-    try:
-        writer_cls = require("harness.output", "ZarrOutput")
-    except NotImplementedError:  # commits before the output package
-        writer_cls = require("harness.output", "OutputWriter")
-    writer = writer_cls(out, plan, {"benchmark": "physical floor"}, "float32", True)
+    writer = _floor_writer(plan, out)
     probs, labels = floor_chunk(plan.config, plan.channels)
     for c in np.flatnonzero(plan.expected):
         y0, y1, x0, x1 = plan.chunk_box(int(c))
@@ -211,32 +224,45 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, result
 
 
-#: Merge variants: ``name -> (engine, budget, order)``. ``streaming-8MB`` runs narrow
-#: column strips (halo patches re-run); ``raster-8MB`` keeps raster order and spills.
-VARIANTS: dict[str, tuple[str, str, str]] = {
-    "streaming": ("streaming", DEFAULT_BUDGET, "strips"),
-    "dense": ("dense", DEFAULT_BUDGET, "strips"),
+#: Merge variants: ``name -> (engine, merge budget, order)``. ``streaming-8MB`` runs narrow
+#: column strips (halo patches re-run); ``raster-8MB`` keeps raster order and spills. The
+#: merge budget is the merge buffers' share alone (``merge_budget``); ``None`` lets the
+#: run's whole budget (the default) decide it.
+VARIANTS: dict[str, tuple[str, str | None, str]] = {
+    "streaming": ("streaming", None, "strips"),
+    "dense": ("dense", None, "strips"),
     "streaming-8MB": ("streaming", "8MB", "strips"),
     "raster-8MB": ("streaming", "8MB", "raster"),
 }
 
 
 def segment_kwargs(variant: str, model: str = "passthrough") -> dict[str, Any]:
-    """Keyword arguments of :func:`harness.segment.segment` for one variant."""
-    engine, budget, order = VARIANTS[variant]
-    return {
+    """Keyword arguments of :func:`harness.segment.segment` for one variant.
+
+    Older commits took ``budget`` as the merge budget and no ``merge_budget``;
+    :func:`run_segment` falls back to that form there.
+    """
+    engine, merge, order = VARIANTS[variant]
+    kwargs: dict[str, Any] = {
         "model": model,
         "config": plan_config(order=order),
         "engine": engine,
-        "budget": parse_budget(budget),
         "batch_size": 16,
         "workers": 0,
         "overwrite": True,
         "progress": False,
     }
+    if merge is not None:
+        kwargs["merge_budget"] = parse_budget(merge)
+    return kwargs
 
 
 def run_segment(slide: Any, out: Path, variant: str, model: str = "passthrough") -> Any:
     """One end-to-end run; returns the :class:`~harness.segment.SegmentResult`."""
     segment = require("harness.segment", "segment")
-    return segment(slide, out=out, **segment_kwargs(variant, model))
+    kwargs = segment_kwargs(variant, model)
+    try:
+        require("harness.config", "RunConfig")
+    except NotImplementedError:  # before the run budget: budget meant the merge buffers
+        kwargs["budget"] = kwargs.pop("merge_budget", parse_budget(DEFAULT_BUDGET))
+    return segment(slide, out=out, **kwargs)

@@ -160,12 +160,14 @@ def test_to_dict_is_json_ready() -> None:
 @pytest.mark.skipif(shutil.which(TIME) is None, reason="needs GNU time at /usr/bin/time")
 def test_tree_peak_agrees_with_gnu_time_on_real_segmentation(tmp_path: Path) -> None:
     pytest.importorskip("harness.segment")
-    from harness.measure.scaling import SegmentOptions, segment_command_available
+    from harness.config import RunConfig
+    from harness.measure.scaling import segment_argv, segment_command_available
 
     if not segment_command_available():
         pytest.skip("wsi-harness segment is not registered yet")
     # GIVEN a one-process segmentation (no workers) under /usr/bin/time -v
-    argv = SegmentOptions(workers=0).argv("synthetic:2048x2048", tmp_path / "o.zarr", "streaming")
+    run = RunConfig(model="passthrough")
+    argv = segment_argv("synthetic:2048x2048", tmp_path / "o.zarr", run)
     # WHEN it is measured
     m = run_command([TIME, "-v", *argv]).check()
     # THEN the tree peak agrees with GNU time's maximum RSS within 5 %, and a baseline came back

@@ -174,7 +174,7 @@ def test_tiny_real_scaling_study(tmp_path: Path, capsys: pytest.CaptureFixture[s
     if not segment_command_available():
         pytest.skip("wsi-harness segment is not registered yet")
     # GIVEN two tiny slides, streaming, with a generous growth limit
-    argv = ["scaling", "--sizes", "1024,2048", "--engine", "streaming", "--budget", "64MB",
+    argv = ["scaling", "--sizes", "1024,2048", "--engine", "streaming", "--budget", "128MB",
             "--out", str(tmp_path), "--max-growth", "50%"]  # fmt: skip
     # WHEN the study runs
     code = main(argv)
@@ -198,7 +198,7 @@ def test_tiny_study_exit_code_follows_verdict(tmp_path: Path) -> None:
         pytest.skip("wsi-harness segment is not registered yet")
     # GIVEN a real study with no growth allowed at all
     argv = ["scaling", "--sizes", "512,2048", "--engine", "streaming", "--out", str(tmp_path),
-            "--max-growth", "0%", "--budget", "64MB"]  # fmt: skip
+            "--max-growth", "0%", "--budget", "128MB"]  # fmt: skip
     # THEN the exit status is the verdict recorded in scaling.json
     code = main(argv)
     doc = json.loads((tmp_path / "scaling.json").read_text())

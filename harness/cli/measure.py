@@ -19,17 +19,9 @@ def _sizes(text: str) -> tuple[int, ...]:
         ) from None
 
 
-def _add_segment_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="passthrough", help="model name (default: passthrough)")
-    p.add_argument("--budget", default="256MB", help="merge memory budget (default: 256MB)")
-    p.add_argument("--patch", type=int, default=256)
-    p.add_argument("--stride", type=int, default=128)
-    p.add_argument("--mpp", type=float, default=0.5)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--mask", default="none", help="none, auto or a mask path")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--extra-args", default="", help="more segment arguments, one shell string")
+def sizes(text: str) -> tuple[int, ...]:
+    """Comma-separated slide sides (``4096,16384``): one syntax in every command."""
+    return _sizes(text)
 
 
 def _register_scaling(sub: argparse._SubParsersAction[Any]) -> None:
@@ -39,7 +31,8 @@ def _register_scaling(sub: argparse._SubParsersAction[Any]) -> None:
         description="Segment synthetic slides of several sizes, each in a fresh process, and "
         "record the process-tree peak RSS. Writes DIR/scaling.json and DIR/scaling.png.",
     )
-    p.add_argument("--sizes", type=_sizes, default=(4096, 16384, 65536), help="e.g. 4096,16384")
+    p.add_argument("--sizes", type=_sizes, default=(4096, 16384, 65536),
+                   help="slide sides, comma-separated (default: 4096,16384,65536)")  # fmt: skip
     p.add_argument("--engine", action="append", choices=("streaming", "dense"), dest="engines")
     p.add_argument("--out", type=Path, required=True, help="report directory")
     p.add_argument("--max-growth", default=None, help="fail (exit 1) if the streaming peak "
@@ -53,24 +46,26 @@ def _register_scaling(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--keep-outputs", action="store_true", help="keep each run's output zarr")
     p.add_argument("--timeout", type=float, default=None, help="seconds allowed per run")
-    _add_segment_options(p)
+    p.add_argument("--extra-args", default="", help="more segment arguments, one shell string")
+    from harness.cli.options import add_run_arguments
+
+    # The merge engine is chosen per run by --engine above; the rest are segment's own flags.
+    add_run_arguments(p, skip=("engine", "overwrite", "resume", "progress"))
     p.set_defaults(func=_run_scaling)
 
 
 def _run_scaling(args: argparse.Namespace) -> int:
+    from harness.cli.options import run_config
     from harness.measure import scaling
     from harness.measure.plots import plot_scaling
 
-    options = scaling.SegmentOptions(
-        model=args.model, patch=args.patch, stride=args.stride, mpp=args.mpp,
-        budget=args.budget, mask=args.mask, batch_size=args.batch_size,
-        workers=args.workers, device=args.device, extra=tuple(shlex.split(args.extra_args)),
-    )  # fmt: skip
+    options = run_config(args)
     growth = None if args.max_growth is None else scaling.parse_growth(args.max_growth)
     config = scaling.ScalingConfig(
         sizes=args.sizes, out_dir=args.out, engines=tuple(args.engines or ("streaming",)),
-        segment=options, max_growth=growth, memray=args.memray, ram_share=args.ram_share,
-        keep_outputs=args.keep_outputs, timeout_s=args.timeout,
+        segment=options, extra=tuple(shlex.split(args.extra_args)), max_growth=growth,
+        memray=args.memray, ram_share=args.ram_share, keep_outputs=args.keep_outputs,
+        timeout_s=args.timeout,
     )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     records = scaling.run_scaling(config, progress=lambda line: print(line, flush=True))

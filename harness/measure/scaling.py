@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from harness.config import RunConfig
 from harness.errors import ConfigError
 from harness.measure.runner import Measurement, run_command
 
@@ -34,31 +35,16 @@ DENSE_BYTES_PER_PIXEL = 16
 DEFAULT_BASELINE_BYTES = 400 * 2**20
 
 
-@dataclass(frozen=True)
-class SegmentOptions:
-    """Options passed through to ``wsi-harness segment``."""
+def segment_argv(
+    slide: str, out: Path, run: RunConfig, engine: str = "streaming", extra: Sequence[str] = ()
+) -> list[str]:
+    """The ``wsi-harness segment`` command line of ``run`` (every option explicit), JSON on stdout.
 
-    model: str = "passthrough"
-    patch: int = 256
-    stride: int = 128
-    mpp: float = 0.5
-    budget: str = "256MB"
-    mask: str = "none"
-    batch_size: int = 8
-    workers: int = 0
-    device: str = "cpu"
-    extra: tuple[str, ...] = ()
-
-    def argv(self, slide: str, out: Path, engine: str) -> list[str]:
-        """The full command line for one segmentation, JSON on stdout."""
-        return [
-            sys.executable, "-m", "harness", "segment", slide, "--out", str(out),
-            "--model", self.model, "--patch", str(self.patch), "--stride", str(self.stride),
-            "--mpp", str(self.mpp), "--budget", self.budget, "--mask", self.mask,
-            "--engine", engine, "--batch-size", str(self.batch_size),
-            "--workers", str(self.workers), "--device", self.device,
-            "--overwrite", "--no-progress", "--json", *self.extra,
-        ]  # fmt: skip
+    ``engine`` overrides the run's merge engine (``streaming`` or ``dense``).
+    """
+    cfg = run.replace(engine=engine, overwrite=True, resume=False, progress=False)
+    return [sys.executable, "-m", "harness", "segment", slide, "--out", str(out),
+            *cfg.cli_args(), "--json", *extra]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -68,7 +54,8 @@ class ScalingConfig:
     sizes: tuple[int, ...]
     out_dir: Path
     engines: tuple[str, ...] = ("streaming",)
-    segment: SegmentOptions = field(default_factory=SegmentOptions)
+    segment: RunConfig = field(default_factory=lambda: RunConfig(model="passthrough"))
+    extra: tuple[str, ...] = ()
     max_growth: float | None = None
     memray: bool = False
     ram_share: float = 0.5
@@ -266,7 +253,7 @@ def run_one(config: ScalingConfig, size: int, engine: str) -> ScalingRecord:
     capture = config.out_dir / "memray" / f"{engine}-{size}.bin" if config.memray else None
     if capture is not None:
         capture.parent.mkdir(parents=True, exist_ok=True)
-    argv = config.segment.argv(f"synthetic:{size}x{size}", out, engine)
+    argv = segment_argv(f"synthetic:{size}x{size}", out, config.segment, engine, config.extra)
     measured = run_command(argv, memray_file=capture, timeout_s=config.timeout_s, aggregate=True)
     if not config.keep_outputs:
         shutil.rmtree(out, ignore_errors=True)
@@ -279,7 +266,7 @@ def _skip_reason(
     """A skip record when a dense run is predicted to exceed the safe share of RAM."""
     if engine != "dense":
         return None
-    scale = output_scale(f"synthetic:{size}x{size}", config.segment.mpp)
+    scale = output_scale(f"synthetic:{size}x{size}", config.segment.plan.mpp or 0.5)
     predicted = predict_dense_peak(size, baseline, scale)
     safe = int(config.ram_share * psutil.virtual_memory().total)
     if predicted <= safe:
