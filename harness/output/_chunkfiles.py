@@ -40,6 +40,16 @@ PARTIAL = ".partial"
 """Suffix of a file still being written (zarr's LocalStore uses the same one)."""
 
 
+COMMIT_ENV = "WSI_HARNESS_COMMIT"
+"""``plain`` turns off the temporary-and-rename commit and the progress records: only for
+measuring what they cost (``docs/resume.md``); a killed plain run may leave torn chunks."""
+
+
+def plain_commits() -> bool:
+    """Whether ``$WSI_HARNESS_COMMIT`` asks for plain (non-atomic) writes."""
+    return os.environ.get(COMMIT_ENV, "").lower() == "plain"
+
+
 def commit_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` whole or not at all: a temporary file, then a rename.
 
@@ -48,6 +58,9 @@ def commit_bytes(path: Path, data: bytes) -> None:
     its temporaries, so one sweep (:func:`remove_partials`) cleans both after a
     kill. A reader sees the old file, or the new one, never a torn one.
     """
+    if plain_commits():
+        path.write_bytes(data)
+        return
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}{PARTIAL}")
     try:
         with tmp.open("wb") as f:

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness.errors import hint
-from harness.output._chunkfiles import commit_bytes
+from harness.output._chunkfiles import commit_bytes, plain_commits
 from harness.output.base import OutputError, os_error
 
 if TYPE_CHECKING:
@@ -236,7 +236,7 @@ class ProgressRecord:
 
     def persist(self) -> None:
         """Sync the filesystem, then replace the record (no-op when nothing changed)."""
-        if not self.dirty:
+        if not self.dirty or plain_commits():
             return
         _syncfs(self.root)
         body = {"version": 1, "chunks": int(self.final.size), "final": pack(self.final),
