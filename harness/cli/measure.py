@@ -72,7 +72,8 @@ def _run_scaling(args: argparse.Namespace) -> int:
     verdict = scaling.growth_verdict(records, growth)
     json_path = scaling.write_json(records, verdict, args.out / "scaling.json")
     budgets = [r.segment.get("budget_bytes") for r in records if r.segment]
-    png = plot_scaling(records, next((b for b in budgets if b), None), args.out / "scaling.png")
+    png = plot_scaling(records, next((b for b in budgets if b), None), args.out / "scaling.png",
+                       verdict)  # fmt: skip
     print(scaling.format_table(records))
     if verdict is not None:
         print(verdict.describe())

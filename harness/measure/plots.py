@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from harness.measure.rss import RssTimeline
-    from harness.measure.scaling import ScalingRecord
+    from harness.measure.scaling import GrowthVerdict, ScalingRecord
 
 _MIB = 2**20
 _PHASE_COLOURS = {"plan": "tab:blue", "inference": "tab:green", "finalise": "tab:orange"}
@@ -24,13 +24,20 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_scaling(records: Sequence[ScalingRecord], budget_bytes: int | None, path: Path) -> Path:
-    """Peak RSS against slide area, one line per engine, log-log, budget dashed.
+def plot_scaling(
+    records: Sequence[ScalingRecord],
+    budget_bytes: int | None,
+    path: Path,
+    verdict: GrowthVerdict | None = None,
+) -> Path:
+    """Peak RSS against slide area, one line per engine, log-log.
 
-    Log y keeps a flat streaming line readable beside a dense one that grows
-    by orders of magnitude.
-
-    Skipped runs appear as hollow markers at their predicted peak.
+    The run budget bounds what a run allocates above its baseline, so the
+    largest baseline measured (dotted) and baseline + budget (dashed) are drawn:
+    a bounded engine stays under the dashed line at every size. Log y keeps a
+    flat streaming line readable beside a dense one that grows by orders of
+    magnitude. Skipped runs appear as hollow markers at their predicted peak;
+    the growth verdict, when one was asked for, is in the title.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -53,13 +60,21 @@ def plot_scaling(records: Sequence[ScalingRecord], budget_bytes: int | None, pat
                 edgecolors=line[0].get_color(),
                 label=f"{engine} skipped (predicted)",
             )
-    if budget_bytes is not None:
-        ax.axhline(budget_bytes / _MIB, linestyle="--", color="grey", label="merge budget")
+    baselines = [r.baseline_rss_bytes for r in records if r.baseline_rss_bytes]
+    if baselines:
+        base = max(baselines)
+        ax.axhline(base / _MIB, linestyle=":", color="grey", label="baseline (after imports)")
+        if budget_bytes is not None:
+            ax.axhline((base + budget_bytes) / _MIB, linestyle="--", color="grey",
+                       label="baseline + budget")  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("slide area (megapixels, level 0)")
     ax.set_ylabel("peak RSS (MiB)")
-    ax.set_title("Peak memory against slide size")
+    title = "Peak memory against slide size"
+    if verdict is not None:
+        title += f"\n{verdict.describe()}"
+    ax.set_title(title, fontsize="medium")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
