@@ -74,3 +74,18 @@ def test_render_colours_classes_and_marks_uncovered_black(tmp_path) -> None:
     image = label_overview(out, max_side=512)
     colours = {tuple(c) for c in np.unique(image.reshape(-1, 3), axis=0)}
     assert (236, 236, 236) in colours and (232, 120, 170) in colours
+
+
+def test_segment_export_writes_a_valid_ome_zarr_beside_the_output(tmp_path) -> None:
+    # GIVEN a segmentation asked to export when it finishes
+    out = tmp_path / "s.zarr"
+    code = main(["segment", "synthetic:512", "--out", str(out), *ARGS, "--export", "ome-zarr"])
+    # THEN the OME-Zarr is beside it, and its level-0 labels are the output's
+    import zarr
+
+    assert code == 0
+    from harness.output.ome_zarr import LABEL_NAME
+
+    level0 = zarr.open_group(tmp_path / "s.ome.zarr", mode="r")["labels"][LABEL_NAME]["0"]
+    source = zarr.open_group(out, mode="r")["labels"][:]
+    assert np.array_equal(np.asarray(level0[:]), source)

@@ -35,8 +35,16 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     dist.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                       help="run on an existing dask scheduler")  # fmt: skip
+    p.add_argument(
+        "--export",
+        action="append",
+        choices=EXPORTS,
+        default=None,
+        help="also export the finished output beside it: ome-zarr (OUT.ome.zarr) "
+        "or geojson (OUT.geojson.gz); repeatable",
+    )
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
-    p.set_defaults(func=run_segment)
+    p.set_defaults(func=run_segment)  # fmt: skip
     c = sub.add_parser("compare", help="compare two outputs; exit 1 beyond tolerance")
     c.add_argument("a")
     c.add_argument("b")
@@ -64,7 +72,31 @@ def run_segment(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict()))
     else:
         print(_describe(result), file=sys.stderr)
+    if args.export:
+        _export(args.out, args.export, overwrite=run.overwrite, progress=run.progress)
     return 0
+
+
+EXPORTS = ("ome-zarr", "geojson")
+
+
+def export_paths(out: str, formats: list[str]) -> dict[str, str]:
+    """Where ``segment --export`` writes each format: beside ``OUT.zarr``."""
+    stem = out[: -len(".zarr")] if out.endswith(".zarr") else out
+    names = {"ome-zarr": f"{stem}.ome.zarr", "geojson": f"{stem}.geojson.gz"}
+    return {f: names[f] for f in dict.fromkeys(formats)}
+
+
+def _export(out: str, formats: list[str], overwrite: bool, progress: bool) -> None:
+    """Run ``wsi-harness export`` on the finished output: one pass for every format."""
+    from harness.cli import build_parser
+
+    argv = ["export", out]
+    for fmt, dest in export_paths(out, formats).items():
+        argv += [f"--{fmt}", dest]
+    argv += (["--overwrite"] if overwrite else []) + ([] if progress else ["--no-progress"])
+    ns = build_parser().parse_args(argv)
+    ns.func(ns)
 
 
 def _describe(result: Any) -> str:
