@@ -96,8 +96,12 @@ def output_status(path: str | Path, with_patches: bool = True) -> OutputStatus:
                         meta.get("identity", {}), meta.get("provenance", {}))  # fmt: skip
 
 
-def _plan(meta: dict[str, Any], store: ZarrStore, done: Any = None) -> Any:
-    """The recorded plan of the output (from its identity and provenance), if rebuildable."""
+def recorded_plan(meta: dict[str, Any], done: Any = None, as_run: bool = False) -> Any:
+    """The output's plan, rebuilt from its record (None when the slide cannot be reopened).
+
+    ``as_run`` rebuilds it with the strips the run used (its recorded merge budget and
+    order); otherwise one strip, which has the same patches and chunks.
+    """
     from harness.errors import HarnessError
     from harness.mask import resolve_mask
     from harness.plan import PlanConfig, make_plan
@@ -109,17 +113,37 @@ def _plan(meta: dict[str, Any], store: ZarrStore, done: Any = None) -> Any:
         return None
     try:
         slide = open_slide(source, mpp=meta.get("slide", {}).get("mpp"))
-        cfg = PlanConfig(patch=tuple(plan_dict["patch"]), stride=tuple(plan_dict["stride"]),
-                         mpp=plan_dict["mpp"], output_patch=tuple(plan_dict["output_patch"]),
-                         chunk=tuple(plan_dict["chunk"]), blend=plan_dict["blend"],
-                         sigma=plan_dict["sigma"])  # fmt: skip
+        pairs = {k: tuple(plan_dict[k]) for k in ("patch", "stride", "output_patch", "chunk")}
+        order = plan_dict.get("order", "strips")
+        cfg = PlanConfig(**pairs, mpp=plan_dict["mpp"], blend=plan_dict["blend"],
+                         sigma=plan_dict["sigma"], order=order)  # fmt: skip
         setting = meta.get("provenance", {}).get("options", {}).get("mask")
         mask = resolve_mask(setting, slide) if isinstance(setting, str) else None
         channels = len(meta.get("classes", ())) or 1
-        return make_plan(slide.shape, slide.mpp, cfg, channels, 2**40, strips=False,
+        merge = int(meta.get("budget", {}).get("merge") or 2**40) if as_run else 2**40
+        return make_plan(slide.shape, slide.mpp, cfg, channels, merge, strips=as_run,
                          tissue=mask, done=done)  # fmt: skip
     except (HarnessError, KeyError, TypeError, ValueError):
         return None
+
+
+def kill_cost(path: str | Path, completed: int) -> tuple[int, int]:
+    """``(redone, bound)`` for an output a kill left: patches completed before the kill
+    that a resume must run again, and :func:`harness.blocks.loss_bound` of the run's plan."""
+    from harness.blocks import loss_bound
+
+    store = ZarrStore.open(Path(path), writable=False)
+    meta = store.meta
+    plan = recorded_plan(meta, as_run=True)
+    if plan is None:
+        raise ValueError(f"cannot rebuild the plan of {path}")
+    final = store.final_chunks(plan.expected > 0)
+    rest = recorded_plan(meta, done=final)
+    return max(0, completed - rest.patches_done), loss_bound(plan)
+
+
+def _plan(meta: dict[str, Any], store: ZarrStore, done: Any = None) -> Any:
+    return recorded_plan(meta, done=done)
 
 
 def _rest_plan(meta: dict[str, Any], store: ZarrStore, final: Any) -> Any:

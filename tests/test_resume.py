@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from harness.blocks import loss_bound
 from harness.compare import compare_outputs
 from harness.output import OutputError, open_output
 from harness.output.state import read_records
 from harness.output.zarr_store import ZarrStore
-from harness.plan import PlanConfig, make_plan
+from harness.plan import PlanConfig
 from harness.segment import ModelOutputError, segment
-from harness.slides import open_slide
+from harness.status import kill_cost
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -91,42 +90,10 @@ def references(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return refs
 
 
-def _plan_of(args: list[str]) -> object:
-    slide = open_slide(SLIDE)
-    raster = "raster" in args
-    cfg = PlanConfig(patch=128, stride=64, chunk=64, mpp=0.5,
-                     blend="gaussian" if "gaussian" in args else "mean",
-                     order="raster" if raster else "strips")  # fmt: skip
-    from harness.mask import resolve_mask
-
-    mask = resolve_mask("auto" if "auto" in args else None, slide)
-    budget = 10**6 if raster else 2 * 10**6
-    plan = make_plan(slide.shape, slide.mpp, cfg, 3, budget, tissue=mask)
-    object.__setattr__(plan, "_test_mask", mask)
-    return plan
-
-
-def _redone(out: Path, plan: object, completed: int) -> int:
-    """Patches a kill cost: completed before it, yet not skippable after it."""
-    store = ZarrStore.open(out, writable=False)
-    final = store.final_chunks(plan.expected > 0)  # type: ignore[attr-defined]
-    slide = open_slide(SLIDE)
-    p = plan  # type: ignore[assignment]
-    rest = make_plan(slide.shape, slide.mpp, p.config, p.channels, 2**40, strips=False,  # type: ignore[attr-defined]
-                     tissue=_mask_of(p), done=final)  # fmt: skip
-    return max(0, completed - rest.patches_done)
-
-
-def _mask_of(plan: object) -> object:
-    return getattr(plan, "_test_mask", None)
-
-
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_sigkill_at_random_moments_then_resume_is_bitwise(references, tmp_path, scenario):
     # GIVEN an uninterrupted reference run and the stated bound on a kill's lost work
     args = SCENARIOS[scenario]
-    plan = _plan_of(args)
-    bound = loss_bound(plan)  # type: ignore[arg-type]
     out = tmp_path / "o.zarr"
     rng = random.Random(f"kills-{scenario}")
     mid_run, worst = 0, 0
@@ -144,8 +111,9 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise(references, tmp_path, 
         mid_run += 1
         # THEN what it cost is within the bound: only patches of chunks not yet committed
         completed = max((int(a) for a, _ in PROGRESS.findall(err)), default=0)
-        worst = max(worst, _redone(out, plan, completed))
-        assert worst <= bound, f"a kill cost {worst} patches, bound {bound}"
+        redone, bound = kill_cost(out, completed)
+        worst = max(worst, redone)
+        assert redone <= bound, f"a kill cost {redone} patches, bound {bound}"
     # AND after every kill and resume the output is bitwise the uninterrupted one
     final = _run(out, args, "--resume")
     assert final.returncode == 0, final.stderr
