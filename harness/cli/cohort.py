@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``cohort``."""
-    from harness.cli.options import add_run_arguments
+    from harness.cli.options import add_cluster_arguments, add_run_arguments
 
     p = sub.add_parser(
         "cohort",
@@ -36,19 +36,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "--concurrent", type=int, default=2, help="slides driven at once on a cluster (default: 2)"
     )
     add_run_arguments(p, skip=("resume",))
-    dist = p.add_argument_group("running on a cluster (dask.distributed)")
-    dist.add_argument(
-        "--cluster",
-        default=None,
-        metavar="local:N",
-        help="start a LocalCluster of N single-threaded worker processes",
-    )
-    dist.add_argument(
-        "--scheduler",
-        default=None,
-        metavar="tcp://HOST:PORT",
-        help="run on an existing dask scheduler",
-    )
+    add_cluster_arguments(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)  # fmt: skip
 
@@ -56,7 +44,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the cohort; exit 1 when any slide failed."""
     from harness import policy
-    from harness.cli.options import run_config
+    from harness.cli.options import cluster_from, run_config
     from harness.cohort import CohortItem, read_list, run_cohort
 
     items = [CohortItem(s) for s in args.slides]
@@ -71,13 +59,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"{o.status:8s} {o.slide}" + (f": {o.error}" if o.error else ""), flush=True)
 
-    if args.cluster or args.scheduler:
-        from harness.distributed import cluster_client
-
-        with cluster_client(cfg, args.cluster, args.scheduler) as client:
-            report = run_cohort(items, args.out, cfg, client, args.concurrent, show)
-    else:
-        report = run_cohort(items, args.out, cfg, None, 1, show)
+    with cluster_from(args, cfg) as client:
+        concurrent = args.concurrent if client is not None else 1
+        report = run_cohort(items, args.out, cfg, client, concurrent, show)
     if args.json:
         print(json.dumps({"slides": [o.__dict__ for o in report.outcomes]}))
     else:

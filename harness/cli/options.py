@@ -8,13 +8,14 @@ defaults of :class:`~harness.config.RunConfig`, so they cannot drift apart.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from harness.config import OPTIONS, Option, RunConfig, _get
 from harness.errors import ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 
 def _typed(opt: Option) -> Callable[[str], Any]:
@@ -79,3 +80,28 @@ def run_config(ns: argparse.Namespace, **overrides: Any) -> RunConfig:
     """The :class:`RunConfig` of parsed arguments, with ``overrides`` applied."""
     config = RunConfig.from_namespace(ns)
     return config.replace(**overrides) if overrides else config
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--cluster local:N`` and ``--scheduler ADDRESS`` (see :mod:`harness.distributed`)."""
+    dist = parser.add_argument_group("running on a cluster (dask.distributed)")
+    dist.add_argument(
+        "--cluster",
+        default=None,
+        metavar="local:N",
+        help="start a LocalCluster of N single-threaded worker processes",
+    )
+    dist.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                      help="run on an existing dask scheduler")  # fmt: skip
+
+
+@contextlib.contextmanager
+def cluster_from(args: argparse.Namespace, run: RunConfig) -> Iterator[Any]:
+    """A dask client for ``--cluster``/``--scheduler``, or ``None`` to run in this process."""
+    if not (args.cluster or args.scheduler):
+        yield None
+        return
+    from harness.distributed import cluster_client
+
+    with cluster_client(run, args.cluster, args.scheduler) as client:
+        yield client

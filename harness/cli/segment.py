@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``segment`` and ``compare``."""
-    from harness.cli.options import add_run_arguments
+    from harness.cli.options import add_cluster_arguments, add_run_arguments
 
     p = sub.add_parser(
         "segment",
@@ -26,15 +26,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("slide", help="slide path or virtual spec such as synthetic:8192")
     p.add_argument("--out", required=True, help="output zarr group (OUT.zarr)")
     add_run_arguments(p)
-    dist = p.add_argument_group("running on a cluster (dask.distributed)")
-    dist.add_argument(
-        "--cluster",
-        default=None,
-        metavar="local:N",
-        help="start a LocalCluster of N single-threaded worker processes",
-    )
-    dist.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
-                      help="run on an existing dask scheduler")  # fmt: skip
+    add_cluster_arguments(p)
     p.add_argument(
         "--export",
         action="append",
@@ -56,18 +48,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 def run_segment(args: argparse.Namespace) -> int:
     """Build the :class:`~harness.config.RunConfig` from ``args`` and run :func:`segment`."""
     from harness import policy
-    from harness.cli.options import run_config
+    from harness.cli.options import cluster_from, run_config
     from harness.segment import segment
 
     run = run_config(args)
     policy.apply(run.threads)
-    if args.cluster or args.scheduler:
-        from harness.distributed import cluster_client
-
-        with cluster_client(run, args.cluster, args.scheduler) as client:
-            result = segment(args.slide, out=args.out, run=run, client=client)
-    else:
-        result = segment(args.slide, out=args.out, run=run)
+    with cluster_from(args, run) as client:
+        result = segment(args.slide, out=args.out, run=run, client=client)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
