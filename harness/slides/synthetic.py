@@ -50,6 +50,8 @@ import numpy as np
 from harness.errors import ConfigError
 from harness.palette import PALETTE
 from harness.slides import _artefacts as art
+from harness.slides._blockcache import DEFAULT_LIMIT, BlockCache
+from harness.slides._decide import exceeds, field_at, levels, tolerance, where
 from harness.slides._noise import Octave, field, hash2, mix_key, periodic_tile
 from harness.slides.base import PAD_VALUE, Box, output_size
 
@@ -193,6 +195,10 @@ class SyntheticSlide:
         Approximate share of the slide covered by tissue, in ``(0, 0.85]``.
     artefacts
         ``True`` for all of :data:`ARTEFACTS`, ``False`` for none, or names.
+    cache_bytes
+        Most bytes the block cache may hold (:mod:`harness.slides._blockcache`).
+        It starts empty and off: a run sizes it to its budget share
+        (:meth:`resize_cache`), so reads outside a run cost what they always did.
     """
 
     def __init__(
@@ -203,6 +209,7 @@ class SyntheticSlide:
         seed: int = 0,
         tissue_fraction: float = 0.4,
         artefacts: bool | Iterable[str] = False,
+        cache_bytes: int = DEFAULT_LIMIT,
     ) -> None:
         if int(height) < 1 or int(width) < 1:
             raise ConfigError(f"slide size must be at least 1 x 1 pixels, got {height} x {width}")
@@ -218,6 +225,7 @@ class SyntheticSlide:
         self._layout = _layout(*self._shape, self._mpp, self.seed, self.tissue_fraction)
         self._tile: NDArray[np.float32] | None = None
         self._art = art.place(self._shape, self.seed, self.artefacts, self._coarse_tissue())
+        self._blocks = BlockCache(self._mpp, 0, limit=int(cache_bytes))
 
     def __repr__(self) -> str:
         h, w = self._shape
@@ -251,8 +259,30 @@ class SyntheticSlide:
         """A virtual slide has one level; every other resolution is generated directly."""
         return (1.0,)
 
+    @property
+    def cache(self) -> BlockCache:
+        """The block cache (off until :meth:`resize_cache` gives it bytes)."""
+        return self._blocks
+
+    def cache_need(self, band_hw: tuple[int, int]) -> int:
+        """Cache bytes for reads sweeping ``band_hw`` (level-0 px) to generate each pixel once."""
+        return self._blocks.need(band_hw)
+
+    def resize_cache(self, max_bytes: int) -> None:
+        """Set the block cache capacity (at most ``cache_bytes``; 0 turns it off)."""
+        self._blocks.resize(max_bytes)
+
     def read(self, box: Box, mpp: float | None = None) -> NDArray[np.uint8]:
-        """Render ``box`` at ``mpp`` as ``(h, w, 3)`` uint8 RGB, white outside the slide."""
+        """Render ``box`` at ``mpp`` as ``(h, w, 3)`` uint8 RGB, white outside the slide.
+
+        With the cache on, aligned reads are cut from cached blocks (bitwise the
+        same pixels: see :mod:`harness.slides._blockcache`); others render directly.
+        """
+        cut = self._blocks.read(box, mpp, self._read_direct)
+        return cut if cut is not None else self._read_direct(box, mpp)
+
+    def _read_direct(self, box: Box, mpp: float | None) -> NDArray[np.uint8]:
+        """Render ``box`` itself (no cache)."""
         (h, w), (rows, cols), (u, v), step = self._frame(box, mpp)
         if u.size == w and v.size == h:
             out = self._render_at(u, v, step)  # the common case: nothing to pad
@@ -311,19 +341,35 @@ class SyntheticSlide:
     ) -> NDArray[np.uint8]:
         cls = self._classes(u, v, step)
         cls *= np.uint8(_LEVELS)
-        cls += self._texture(u, v, step).astype(np.uint8)
+        cls += self._texture(u, v, step)
         return _LUT.take(cls, axis=0)
 
     def _texture(
         self, u: NDArray[np.float64], v: NDArray[np.float64], step: float
-    ) -> NDArray[np.float32]:
-        """Texture level in ``[0, _LEVELS)``; at full resolution the grain is a tile slice."""
+    ) -> NDArray[np.uint8]:
+        """Texture level in ``[0, _LEVELS)``; at full resolution the grain is a tile slice.
+
+        The level is the integer part of the field, decided exactly where the
+        field is within rounding of an integer (:mod:`harness.slides._decide`).
+        """
         lay = self._layout
+        octaves = (*lay.texture, lay.grain)
         if step != 1.0 or lay.grain.spacing < 2.0:
-            return field(self.seed, (*lay.texture, lay.grain), u, v, step)
-        level = field(self.seed, lay.texture, u, v, step)
-        level += _window(self._grain_tile(), int(v[0]), int(u[0]), v.size, u.size)
-        return level
+            fast = field(self.seed, octaves, u, v, step)
+
+            def exact(r: NDArray[np.intp], c: NDArray[np.intp]) -> NDArray[np.float64]:
+                return field_at(self.seed, octaves, u[c], v[r], step)
+
+            return levels(fast, tolerance(octaves), exact)
+        grain = _window(self._grain_tile(), int(v[0]), int(u[0]), v.size, u.size)
+        fast = field(self.seed, lay.texture, u, v, step)
+        fast += grain
+
+        def exact_tiled(r: NDArray[np.intp], c: NDArray[np.intp]) -> NDArray[np.float64]:
+            # The grain tile is one fixed computation: its values are the same for every read.
+            return field_at(self.seed, lay.texture, u[c], v[r], step) + grain[r, c]
+
+        return levels(fast, tolerance(octaves), exact_tiled)
 
     def _grain_tile(self) -> NDArray[np.float32]:
         if self._tile is None:
@@ -341,12 +387,26 @@ class SyntheticSlide:
         lay = self._layout
         t = field(self.seed, lay.tissue, u, v, step)
         (my, mx), (h, w) = lay.edge, self._shape
+        ey = ex = None
         if min(v[0] + 0.5, u[0] + 0.5, h - 0.5 - v[-1], w - 0.5 - u[-1]) < max(my, mx):
-            t *= _edge(v, h, my)[:, None]  # only near the border, where tissue fades out
-            t *= _edge(u, w, mx)[None, :]
-        tissue = t > np.float32(lay.tissue_threshold)
+            ey, ex = _edge(v, h, my), _edge(u, w, mx)
+            t *= ey[:, None]  # only near the border, where tissue fades out
+            t *= ex[None, :]
+
+        def exact(r: NDArray[np.intp], c: NDArray[np.intp]) -> NDArray[np.float64]:
+            te = field_at(self.seed, lay.tissue, u[c], v[r], step)
+            if ey is not None and ex is not None:
+                te *= ey[r].astype(np.float64) * ex[c].astype(np.float64)
+            return te
+
+        tissue = exceeds(t, lay.tissue_threshold, tolerance(lay.tissue), exact)
         if tissue.any():
-            tissue &= field(self.seed, lay.holes, u, v, step) <= np.float32(lay.hole_threshold)
+            holes = field(self.seed, lay.holes, u, v, step)
+
+            def exact_holes(r: NDArray[np.intp], c: NDArray[np.intp]) -> NDArray[np.float64]:
+                return field_at(self.seed, lay.holes, u[c], v[r], step)
+
+            tissue &= ~exceeds(holes, lay.hole_threshold, tolerance(lay.holes), exact_holes)
         return tissue
 
     def _classes(
@@ -385,8 +445,7 @@ class SyntheticSlide:
         bits = [((h >> np.uint32(s)) & np.uint32(m)).astype(np.float32) for s, m in _FIELDS]
         cu = np.asarray((cols + 0.5) * c, dtype=np.float64)
         cv = np.asarray((rows + 0.5) * c, dtype=np.float64)
-        density = field(self.seed, self._layout.density, cu, cv, c)
-        present = bits[0] < np.float32(256.0) * np.clip(1.6 * density - 0.45, 0.08, 0.85)
+        present = self._present(bits[0], cu, cv)
         ry = np.float32(c) * (np.float32(0.22) + np.float32(0.2 / 15) * bits[3])
         rx = np.float32(c) * (np.float32(0.22) + np.float32(0.2 / 15) * bits[4])
         cy = ry + (np.float32(c) - 2 * ry) * bits[1] / np.float32(31)
@@ -398,6 +457,23 @@ class SyntheticSlide:
             (1.0 / (ry * ry)).astype(np.float32),
             (1.0 / (rx * rx)).astype(np.float32),
         )
+
+    def _present(
+        self, draw: NDArray[np.float32], cu: NDArray[np.float64], cv: NDArray[np.float64]
+    ) -> NDArray[np.bool_]:
+        """Whether each cell has a nucleus: its 8-bit draw below the density's odds.
+
+        Decided on the exact density where the fast one is within rounding of the draw.
+        """
+        octaves, c = self._layout.density, self._layout.cell
+        density = field(self.seed, octaves, cu, cv, c)
+        odds = np.float32(256.0) * np.clip(1.6 * density - 0.45, 0.08, 0.85)
+        present: NDArray[np.bool_] = draw < odds
+        rows, cols = where(np.abs(odds - draw) <= np.float32(512 * tolerance(octaves)))
+        if rows.size:
+            d = field_at(self.seed, octaves, cu[cols], cv[rows], c)
+            present[rows, cols] = draw[rows, cols] < 256.0 * np.clip(1.6 * d - 0.45, 0.08, 0.85)
+        return present
 
     def _nuclei_block(self, x: int, y: int, w: int, h: int) -> NDArray[np.bool_]:
         """Nuclei at integer pixels, computed cell-block-wise: one full-size add and compare."""
