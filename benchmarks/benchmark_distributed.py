@@ -40,7 +40,7 @@ class ClusterSegment(OneShot):
             n = int(mode.split(":")[1])
             self.cluster = LocalCluster(n_workers=n, threads_per_worker=1,
                                         dashboard_address=":0", silence_logs=40)  # fmt: skip
-            self.client = Client(self.cluster)
+            self.client = Client(self.cluster, set_as_default=False)
             self.client.register_plugin(ProcessPolicy(1))
 
     def teardown(self, size: int, mode: str) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -86,13 +87,14 @@ def cluster_client(run: RunConfig, cluster: str | None, scheduler: str | None) -
         n = parse_cluster(cluster)
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                           memory_limit=worker_memory_limit(run), dashboard_address=":0",
-                          silence_logs=40) as lc, Client(lc) as client:  # fmt: skip
+                          silence_logs=40) as lc, \
+                Client(lc, set_as_default=False) as client:  # fmt: skip
             client.register_plugin(ProcessPolicy(run.threads or 1))
             yield client
         return
     assert scheduler is not None
     try:
-        client = Client(scheduler, timeout=10)
+        client = Client(scheduler, timeout=10, set_as_default=False)
     except OSError as exc:
         raise ConfigError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from exc
     with client:
@@ -135,7 +137,6 @@ def run_on_client(
     client: Client, job: BlockJob, session: OutputSession, stop: StopRequest, bar: Any = None
 ) -> tuple[list[BlockResult], dict[str, Any]]:
     """Run every block of ``job``'s output on ``client``'s cluster; wait, or stop on a signal."""
-    from distributed import wait
     from tqdm import tqdm
 
     if job.config.engine.value == "dense":
@@ -147,14 +148,19 @@ def run_on_client(
     client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar.update(event[1]["patches"]))
     futures = [client.submit(_task, j, key=f"wsi-block-{job.run_id}-{j.region.key}", pure=False)
                for j in jobs if j.region is not None]  # fmt: skip
+    changed = threading.Event()
+    for f in futures:
+        f.add_done_callback(lambda _: changed.set())
     try:
         while not all(f.done() for f in futures):
             if stop.requested:
                 client.cancel(futures)
                 assert stop.signum is not None
                 raise Interrupted(stop.signum, int(bar.n), int(bar.total or bar.n))
-            with contextlib.suppress(TimeoutError):
-                wait(futures, timeout=0.5)
+            # Not distributed.wait: it needs a default client, and Client.as_current
+            # sets dask's global config, which concurrent cohort threads then leak.
+            changed.wait(0.5)
+            changed.clear()
         results: list[BlockResult] = client.gather(futures)
     finally:
         client.unsubscribe_topic(PROGRESS_TOPIC)

@@ -11,6 +11,7 @@ output patch may be smaller than the input patch.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,9 @@ class Passthrough(nn.Module):
 WIDTH = 4
 """Hidden channels of :class:`TinyCNN`."""
 
+_SEEDING = threading.Lock()
+"""Held while a seeded model draws its weights from torch's global generator."""
+
 
 class TinyCNN(nn.Module):
     """A seeded three-layer convolutional net of 275 parameters (3 -> 4 -> 4 -> 3 channels).
@@ -79,7 +83,9 @@ class TinyCNN(nn.Module):
     def __init__(self, out_size: tuple[int, int] | None = None, seed: int = 0) -> None:
         super().__init__()
         self.out_size = out_size
-        with torch.random.fork_rng(devices=[]):
+        # The global generator is process-wide: a cohort builds models on several
+        # threads at once, and interleaved draws gave each a different net.
+        with _SEEDING, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.body = nn.Sequential(
                 nn.Conv2d(3, WIDTH, 3, padding=1),

@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import dask
 import pytest
 from distributed import Client, LocalCluster
 
@@ -35,7 +36,7 @@ RUN = RunConfig(plan=PLAN, model="tiny-cnn", progress=False, merge_budget=2 * 10
 def _client(n: int) -> tuple[LocalCluster, Client]:
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                            dashboard_address=":0", silence_logs=40)  # fmt: skip
-    client = Client(cluster)
+    client = Client(cluster, set_as_default=False)
     client.register_plugin(ProcessPolicy(1))
     return cluster, client
 
@@ -141,7 +142,7 @@ def test_external_scheduler_and_workers_on_localhost(tmp_path, references):
                  "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
         address = json.loads(info.read_text())["address"]
-        with Client(address, timeout=30) as probe:
+        with Client(address, timeout=30, set_as_default=False) as probe:
             probe.wait_for_workers(2, timeout=60)
         # WHEN the CLI runs a slide through --scheduler
         out = tmp_path / "o.zarr"
@@ -178,10 +179,14 @@ def test_cohort_of_four_with_a_bad_slide_and_a_complete_output(clients, tmp_path
     # THEN the bad slide failed alone with its one line, the complete one was skipped untouched
     status = {o.slide: o for o in report.outcomes}
     assert status[str(bad)].status == "failed" and "not a readable TIFF" in status[str(bad)].error
-    assert status[items[0].slide].status == "skipped"
+    assert status[items[0].slide].status == "skipped", status[items[0].slide].error
     assert (Path(first.output) / "zarr.json").stat().st_mtime_ns == stamp
     assert {status[i.slide].status for i in items[1:] if i.slide != str(bad)} == {"done"}
     assert Path(report.csv).is_file() and json.loads(Path(report.json).read_text())["slides"]
     # AND running it again skips every finished slide
     again = run_cohort(items, out, run, clients[2], concurrent=2)
-    assert [o.status for o in again.outcomes] == ["skipped", "skipped", "failed", "skipped"]
+    statuses = [o.status for o in again.outcomes]
+    errors = [o.error for o in again.outcomes]
+    assert statuses == ["skipped", "skipped", "failed", "skipped"], errors
+    # AND leaves dask's global scheduler setting as it found it (napari reads with dask)
+    assert dask.config.get("scheduler", None) is None

@@ -211,6 +211,20 @@ def test_tiny_cnn_is_the_275_parameter_reference_model() -> None:
     assert sum(p.numel() for p in module.parameters()) == 275
 
 
+def test_seeded_models_built_on_many_threads_get_the_same_weights() -> None:
+    # A cohort loads its slides' models on several threads at once; the seed must
+    # not be shared between them (a resumed slide was refused: "weights differ").
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness.identity import weights_sha256
+    from harness.models import load_model
+
+    expected = weights_sha256(load_model("tiny-cnn"))
+    with ThreadPoolExecutor(8) as pool:
+        hashes = set(pool.map(lambda _: weights_sha256(load_model("tiny-cnn")), range(64)))
+    assert hashes == {expected}
+
+
 def test_heap_trimmer_trims_only_when_rss_grows_past_the_slack(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
