@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,11 @@ def _write(tmp: Path, lab: np.ndarray, chunk: int = 32, scale: float = 1.0, **kw
 
 
 def _load(path: Path) -> dict:
+    if path.suffix == ".zip":  # one GeoJSON entry, as QuPath's reader expects
+        with zipfile.ZipFile(path) as archive:
+            (entry,) = archive.namelist()
+            assert entry == Path(path.stem).with_suffix(".geojson").name
+            return json.loads(archive.read(entry))
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         return json.load(f)
@@ -88,7 +94,7 @@ def _check_exact(doc: dict, lab: np.ndarray, scale: float, classes=CLASSES) -> N
 @pytest.mark.parametrize(
     "compact", [pytest.param(50_000, id="held"), pytest.param(8, id="spilled")]
 )
-@pytest.mark.parametrize("suffix", [".geojson", ".geojson.gz"])
+@pytest.mark.parametrize("suffix", [".geojson", ".geojson.gz", ".zip"])
 def test_round_trip_is_exact(tmp_path, scale, compact, suffix) -> None:
     # GIVEN a label map with holes, nesting, diagonal contacts and masks over many seams
     lab = _scene()
@@ -304,7 +310,7 @@ class _PartialSize:
         pass
 
 
-@pytest.mark.parametrize("suffix", [".geojson", ".geojson.gz"])
+@pytest.mark.parametrize("suffix", [".geojson", ".geojson.gz", ".zip"])
 def test_failed_export_leaves_nothing_and_keeps_the_old_file(tmp_path, suffix) -> None:
     # GIVEN an existing export and a map whose last tile holds a label with no class
     lab = _scene()
@@ -326,6 +332,35 @@ def test_failed_export_leaves_nothing_and_keeps_the_old_file(tmp_path, suffix) -
         _ = exporter.stats
     assert dest.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == [dest.name, "out.zarr"]
+
+
+_WRITE_CAPPED = """
+import resource, signal, sys
+from harness.errors import HarnessError
+from harness.output.geojson import export_geojson
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the cap then fail with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (2**16, 2**16))
+try:
+    export_geojson(sys.argv[1], sys.argv[2], tile=64)
+except HarnessError as exc:
+    print(exc)
+"""
+
+
+def test_a_failed_write_is_one_line_and_leaves_nothing(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    # GIVEN a process that may not write files past 64 KiB (the export is ~180 KiB)
+    src = _write(tmp_path, _scene())
+    dest = tmp_path / "b.geojson"
+    # WHEN it exports
+    run = subprocess.run([sys.executable, "-c", _WRITE_CAPPED, str(src), str(dest)],
+                         capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    # THEN the error names the file in one line and the partial file is gone
+    assert run.stdout.count("\n") == 1 and "cannot write output" in run.stdout
+    assert "b.geojson.partial" in run.stdout and "File too large" in run.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
 
 
 def test_overwrite_replaces_a_finished_export(tmp_path) -> None:

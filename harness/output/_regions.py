@@ -159,6 +159,7 @@ class RegionTracer:
         self.held_vertices = 0
         self.peak_regions = 0
         self.peak_vertices = 0
+        self.peak_tile_vertices = 0
         self.compactions = 0
 
     @property
@@ -173,9 +174,6 @@ class RegionTracer:
         lut = self._link(box, ids, labels, classes)
         if len(classes) > 1:
             self._add_pieces(box, ids, lut, classes)
-        # The high-water mark: this tile's pieces are in, nothing closed or spilled yet.
-        self.peak_regions = max(self.peak_regions, len(self._regions))
-        self.peak_vertices = max(self.peak_vertices, self.held_vertices)
         removed = self._advance(box, ids, labels, lut)
         candidates = {self._find(int(r)) for r in np.unique(np.concatenate([lut[1:], removed]))}
         ended = [r for r in candidates if r in self._regions and not self._count.get(r)]
@@ -184,6 +182,9 @@ class RegionTracer:
             self._compact_all()
         if box[3] == self.width:
             self._end_row()
+        # What stays held at the frontier until the next tile.
+        self.peak_regions = max(self.peak_regions, len(self._regions))
+        self.peak_vertices = max(self.peak_vertices, self.held_vertices)
         return closed
 
     def holes(self, region: ClosedRegion) -> Iterator[NDArray[np.object_]]:
@@ -262,6 +263,7 @@ class RegionTracer:
     def _add_pieces(
         self, box: Box, ids: NDArray[np.int32], lut: NDArray[np.int64], classes: NDArray[np.uint8]
     ) -> None:
+        added = 0
         for piece in _trace(box, ids):
             rid = int(lut[piece.local])
             region = self._regions.get(rid)
@@ -270,7 +272,9 @@ class RegionTracer:
             region.shells.append(piece.shell)
             region.holes += piece.holes
             region.vertices += piece.vertices
-            self.held_vertices += piece.vertices
+            added += piece.vertices
+        self.held_vertices += added
+        self.peak_tile_vertices = max(self.peak_tile_vertices, added)
 
     def _advance(
         self, box: Box, ids: NDArray[np.int32], labels: NDArray[np.uint8], lut: NDArray[np.int64]
@@ -304,9 +308,12 @@ class RegionTracer:
         region = self._regions.pop(rid)
         self._count.pop(rid, None)
         self.held_vertices -= region.vertices
-        outline = _union(region.shells)
-        holes = np.concatenate([_interiors(outline), np.array(region.holes, dtype=object)])
-        poly = shapely.polygons(outline.exterior, holes=holes)
+        if len(region.shells) == 1 and not region.holes:
+            poly = region.shells[0]  # most regions (nuclei): one piece without holes
+        else:
+            outline = _union(region.shells)
+            holes = np.concatenate([_interiors(outline), np.array(region.holes, dtype=object)])
+            poly = shapely.polygons(outline.exterior, holes=holes)
         spilled = tuple(region.spilled)
         area = float(poly.area) - sum(r.area for r in spilled)
         return ClosedRegion(region.cls, poly, spilled, area)

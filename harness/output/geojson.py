@@ -19,16 +19,23 @@ plan, versions of the source output) rides in a top-level ``wsi_harness``
 member it ignores. Label 255 (:data:`~harness.output.NO_LABEL`: no patch
 covered the pixel) is never exported.
 
-Memory: the open regions at the frontier of tiles done (their pieces and
-vertex counts) plus one tile of component ids; holes that are final are kept
-on disk until their region closes. :attr:`GeoJsonStats.peak_open_regions` and
-``peak_open_vertices`` report the high-water marks; the module documentation
-of :mod:`harness.output._regions` says what bounds them.
+Memory: what the exporter holds between tiles is the frontier of tiles done
+(9 bytes per output column) and the regions still open there -- their outer
+rings, and until the next compaction the pieces and holes of the tiles since
+-- plus, while a tile is traced, that tile's labels, component ids and
+pieces. Holes wait on disk, in unlinked files next to ``DEST``, until their
+region closes; closed regions are written at once and forgotten. None of it
+grows with the number of rows, and nothing with the number of regions
+written: :attr:`GeoJsonStats.peak_open_regions`, ``peak_open_vertices`` and
+``peak_tile_vertices`` report the high-water marks, and
+:mod:`harness.output._regions` says what bounds them.
 
 The file is written as ``DEST.partial`` and renamed at :meth:`close`;
 :meth:`abort` removes it, so a failed export never leaves a file that looks
-finished. ``DEST`` ending in ``.gz`` is gzip-compressed (QuPath itself opens
-``.geojson``, ``.json`` and ``.zip``: gunzip a ``.gz`` before importing it).
+finished. ``DEST`` ending in ``.gz`` is gzip-compressed, ``.zip`` a zip
+archive holding one ``.geojson``: QuPath's ``PathIO.readObjects`` opens
+``.geojson``, ``.json`` and ``.zip`` (checked in its 0.4 source), so a
+``.zip`` imports as it is and a ``.gz`` needs ``gunzip`` first.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import itertools
 import json
 import math
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -50,12 +58,12 @@ import shapely
 from harness import __version__
 from harness.errors import ConfigError
 from harness.output._regions import COMPACT_VERTICES, RegionTracer
-from harness.output.base import OutputError
+from harness.output.base import OutputError, os_error
 from harness.output.export import DEFAULT_TILE, SourceInfo, export, source_info
 from harness.output.zarr_store import NO_LABEL
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from numpy.typing import NDArray
 
@@ -106,13 +114,33 @@ class GeoJsonOptions:
 
 @dataclass(frozen=True)
 class GeoJsonStats:
-    """What one export wrote and what it held at its frontier (high-water marks)."""
+    """What one export wrote and what it held at its frontier (high-water marks).
+
+    Attributes
+    ----------
+    features, per_class
+        Features written, in all and per exported class name.
+    peak_open_regions, peak_open_vertices
+        Most regions, and most vertices of their rings, held open at the
+        frontier between two tiles.
+    peak_tile_vertices
+        Most vertices one tile's pieces added; the geometry in memory never
+        exceeded ``peak_open_vertices + peak_tile_vertices``.
+    spilled_holes, peak_spilled_bytes
+        Holes that waited on disk for their region, and the most bytes they
+        took there at once.
+    compactions
+        Times the open regions were compacted (see :mod:`harness.output._regions`).
+    wall_s
+        From the exporter's construction to its close.
+    """
 
     path: str
     features: int
     per_class: dict[str, int]
     peak_open_regions: int
     peak_open_vertices: int
+    peak_tile_vertices: int
     spilled_holes: int
     peak_spilled_bytes: int
     compactions: int
@@ -143,7 +171,14 @@ class GeoJsonExporter:
     overwrite
         Replace an existing ``dest`` (only when the new file is complete).
     compact_vertices
-        Vertices an open region holds before its final holes go to disk.
+        Vertices the open regions may hold together before their first
+        compaction (holes to disk, see :mod:`harness.output._regions`).
+
+    Notes
+    -----
+    Spilled holes live in unlinked temporary files in ``dest``'s folder, so
+    they take disk there (``GeoJsonStats.peak_spilled_bytes``) but leave no
+    file behind, whatever happens.
     """
 
     def __init__(
@@ -214,6 +249,7 @@ class GeoJsonExporter:
             per_class={k: v for k, v in self._counts.items() if self._wanted_name(k)},
             peak_open_regions=tracer.peak_regions,
             peak_open_vertices=tracer.peak_vertices,
+            peak_tile_vertices=tracer.peak_tile_vertices,
             spilled_holes=tracer.spill.rings_written,
             peak_spilled_bytes=tracer.spill.peak_bytes_live,
             compactions=tracer.compactions,
@@ -306,7 +342,11 @@ class _RingFormat:
 
 
 class _FeatureFile:
-    """``DEST.partial``, written feature by feature, renamed to ``DEST`` when complete."""
+    """``DEST.partial``, written feature by feature, renamed to ``DEST`` when complete.
+
+    ``.gz``: gzip. ``.zip``: a zip archive holding one ``NAME.geojson`` (what
+    QuPath's ``PathIO.readObjects`` opens besides ``.geojson`` and ``.json``).
+    """
 
     def __init__(self, dest: Path, provenance: dict[str, Any]) -> None:
         self.dest = dest
@@ -317,25 +357,33 @@ class _FeatureFile:
         except OSError as exc:
             raise OutputError(f"cannot write {self.partial}: {exc.strerror or exc}") from exc
         binary: IO[bytes] | gzip.GzipFile = raw
+        self._outer: list[IO[bytes] | zipfile.ZipFile] = [raw]  # closed after the text stream
         if dest.suffix == ".gz":
             name = dest.name[: -len(".gz")]  # the name gunzip restores
             binary = gzip.GzipFile(filename=name, mode="wb", fileobj=raw, compresslevel=6, mtime=0)
-        self._raw = raw
+        elif dest.suffix == ".zip":
+            archive = zipfile.ZipFile(raw, "w")
+            entry = zipfile.ZipInfo(Path(dest.stem).with_suffix(".geojson").name)
+            entry.compress_type = zipfile.ZIP_DEFLATED  # zlib's default level, 6
+            binary = archive.open(entry, "w", force_zip64=True)  # no 4 GiB limit
+            self._outer.insert(0, archive)
         self.out = io.TextIOWrapper(binary, encoding="utf-8", write_through=False)
         meta = json.dumps(provenance, separators=(",", ":"))
-        self.out.write('{"type":"FeatureCollection","wsi_harness":' + meta + ',"features":[')
+        head = '{"type":"FeatureCollection","wsi_harness":' + meta + ',"features":['
+        self._guarded(self.out.write, head)
 
     def feature(self, parts: Iterable[str]) -> None:
         """Append one feature, given as text parts (written as they come)."""
-        self.out.write(",\n" if self.count else "\n")
-        self.out.writelines(parts)
+        self._guarded(self.out.write, ",\n" if self.count else "\n")
+        self._guarded(self.out.writelines, parts)
         self.count += 1
 
     def commit(self, overwrite: bool) -> None:
         """Close the collection and move it into place."""
-        self.out.write("\n]}\n")
-        self.out.close()  # closes the gzip stream, which leaves the raw file open
-        self._raw.close()
+        self._guarded(self.out.write, "\n]}\n")
+        self._guarded(self.out.close)  # the compressed stream; the archive and file stay open
+        for handle in self._outer:
+            self._guarded(handle.close)
         if self.dest.exists() and not overwrite:
             self.partial.unlink()
             raise OutputError(f"{self.dest} appeared during the export; pass --overwrite")
@@ -343,11 +391,18 @@ class _FeatureFile:
 
     def discard(self) -> None:
         """Close and remove the partial file."""
-        for handle in (self.out, self._raw):
+        for handle in (self.out, *self._outer):
             # A failed write may leave the stream unflushable; the file goes anyway.
             with contextlib.suppress(OSError, ValueError):
                 handle.close()
         self.partial.unlink(missing_ok=True)
+
+    def _guarded(self, call: Callable[..., object], *args: Any) -> None:
+        """``call(*args)``, a failed write (disk full, ...) becoming one line."""
+        try:
+            call(*args)
+        except OSError as exc:
+            raise os_error(self.partial, exc, "write") from exc
 
 
 def _check_dest(dest: Path, overwrite: bool) -> Path:
