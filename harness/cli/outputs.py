@@ -109,7 +109,7 @@ def run_export(args: argparse.Namespace) -> int:
     export(args.output, consumers, tile=_tile(info, consumers, DEFAULT_TILE),
            progress=not args.no_progress)  # fmt: skip
     for c in consumers:
-        print(getattr(c, "dest", ""))
+        print(c.dest)
     return 0
 
 
@@ -119,7 +119,7 @@ def _tile(info: SourceInfo, consumers: list[TileConsumer], default: int) -> int:
     Tiles aligned to the exporter's blocks hand each block over complete, so
     nothing waits in memory for the next tile row.
     """
-    blocks = [int(b) for c in consumers if (b := getattr(c, "block", 0))]
+    blocks = [c.block for c in consumers if c.block]
     if not blocks:
         return default
     return math.lcm(*blocks, *info.chunk)

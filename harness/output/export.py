@@ -61,7 +61,20 @@ class SourceInfo:
 
 
 class TileConsumer(Protocol):
-    """An export format fed tile by tile, in raster order of tiles."""
+    """An export format fed tile by tile, in raster order of tiles.
+
+    Attributes
+    ----------
+    dest
+        Where the finished export lands (what the CLI prints).
+    block
+        Side the consumer writes in (tiles should be multiples of it, so each
+        block arrives whole and nothing waits for the next tile row); ``0``
+        when any tile suits it.
+    """
+
+    dest: Path
+    block: int
 
     @property
     def wants_probabilities(self) -> bool:

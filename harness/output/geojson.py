@@ -197,6 +197,7 @@ class GeoJsonExporter:
         self.options = GeoJsonOptions(object_type, min_area, simplify, names)
         self.info = info
         self.dest = _check_dest(Path(dest), overwrite)
+        self.block = 0  # traces any tile: regions join across seams wherever they fall
         self._overwrite = overwrite
         tolerance = simplify / info.scale  # in output pixels
         self._tolerance = tolerance
