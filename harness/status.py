@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from harness.output.base import OutputError
 from harness.output.state import Holder, OutputLock, read_records, state_dir
 from harness.output.zarr_store import ZarrStore
@@ -128,18 +130,36 @@ def recorded_plan(meta: dict[str, Any], done: Any = None, as_run: bool = False) 
 
 
 def kill_cost(path: str | Path, completed: int) -> tuple[int, int]:
-    """``(redone, bound)`` for an output a kill left: patches completed before the kill
-    that a resume must run again, and :func:`harness.blocks.loss_bound` of the run's plan."""
+    """``(redone, bound)`` for an output a kill left, in patch runs of the run's plan.
+
+    ``completed`` is the progress bar's count at the kill: patches counted once
+    each, in the strip holding their origin, including those final before the
+    killed run started. A resume runs, in plan order, the entries touching a
+    chunk that is not final, and the killed run's entries after its last one
+    are exactly those (an entry not run yet keeps its chunks open); so the
+    ``owned_kept - completed`` counted patches it had not reached are the
+    resume's last counted entries, and every resume entry before them ran
+    already: that count is ``redone`` (an upper bound: uncounted entries just
+    before them are included). ``bound`` is :func:`harness.blocks.loss_bound`.
+    (Counting distinct patches instead would call a strip's halo runs, which
+    an uninterrupted run does too, lost work.)
+    """
     from harness.blocks import loss_bound
+    from harness.plan import owned_entries
 
     store = ZarrStore.open(Path(path), writable=False)
     meta = store.meta
     plan = recorded_plan(meta, as_run=True)
     if plan is None:
         raise ValueError(f"cannot rebuild the plan of {path}")
-    final = store.final_chunks(plan.expected > 0)
-    rest = recorded_plan(meta, done=final)
-    return max(0, completed - rest.patches_done), loss_bound(plan)
+    rest = recorded_plan(meta, done=store.final_chunks(plan.expected > 0), as_run=True)
+    counted = np.flatnonzero(owned_entries(rest))
+    left = rest.owned_kept - completed
+    if left <= 0:
+        ran = rest.n_patches
+    else:
+        ran = int(counted[len(counted) - left]) if left <= len(counted) else 0
+    return ran, loss_bound(plan)
 
 
 def _plan(meta: dict[str, Any], store: ZarrStore, done: Any = None) -> Any:
