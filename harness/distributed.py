@@ -51,6 +51,14 @@ WORKER_BASELINE = 768 * 2**20
 """A worker process before any block: interpreter, torch, distributed, the model."""
 BLOCKS_PER_WORKER = 4
 """Blocks per worker the automatic block size aims at, for load balance."""
+MAX_BLOCK_SIDE = 64
+"""Largest automatic block side, in chunks (16,384 px at 256 px chunks).
+
+A block's plan and per-block state grow with its patches: on a 200k slide, four
+blocks a worker meant 277-chunk blocks of up to 158k patches, and the workers'
+peak RSS rose from 435 to 527 MiB across them. Capped, a worker's peak is what
+a 16k slide's blocks need, whatever the slide; the halo re-runs this adds are
+about 3 % at 64 chunks a side (reported as ``patch_runs``)."""
 REPORT_EVERY_S = 0.5
 
 
@@ -103,7 +111,8 @@ def cluster_client(run: RunConfig, cluster: str | None, scheduler: str | None) -
 
 
 def block_side(grid: tuple[int, int], workers: int, chosen: int | None) -> int:
-    """Block side in chunks: the user's, or about :data:`BLOCKS_PER_WORKER` blocks a worker.
+    """Block side in chunks: the user's, or about :data:`BLOCKS_PER_WORKER` blocks a worker
+    (at most :data:`MAX_BLOCK_SIDE`).
 
     Fewer, larger blocks re-run fewer halo patches at their edges; more blocks
     balance load. The result is reported (``blocks``, ``patch_runs``).
@@ -111,7 +120,8 @@ def block_side(grid: tuple[int, int], workers: int, chosen: int | None) -> int:
     if chosen is not None:
         return chosen
     chunks = grid[0] * grid[1]
-    return max(1, math.ceil(math.sqrt(chunks / max(1, BLOCKS_PER_WORKER * workers))))
+    side = math.ceil(math.sqrt(chunks / max(1, BLOCKS_PER_WORKER * workers)))
+    return max(1, min(side, MAX_BLOCK_SIDE))
 
 
 def _task(job: BlockJob) -> BlockResult:

@@ -190,3 +190,13 @@ def test_cohort_of_four_with_a_bad_slide_and_a_complete_output(clients, tmp_path
     assert statuses == ["skipped", "skipped", "failed", "skipped"], errors
     # AND leaves dask's global scheduler setting as it found it (napari reads with dask)
     assert dask.config.get("scheduler", None) is None
+
+
+def test_automatic_blocks_balance_workers_and_stay_bounded() -> None:
+    from harness.distributed import MAX_BLOCK_SIDE, block_side
+
+    # about four blocks a worker on a 16k output (64 x 64 chunks) ...
+    assert block_side((64, 64), 2, None) == 23
+    # ... but never larger than the cap on a 200k slide, where a worker's peak rose with them
+    assert block_side((782, 782), 2, None) == MAX_BLOCK_SIDE
+    assert block_side((782, 782), 2, 300) == 300  # the user's choice stands
