@@ -31,7 +31,7 @@ from harness import _malloc
 from harness.config import Engine
 from harness.inference import cached, infer
 from harness.interrupt import Interrupted, StopRequest
-from harness.loader import make_loader
+from harness.loader import make_loader, plan_cache_need
 from harness.merge import DenseMerger, Merger, MergeStats, StreamingMerger
 from harness.output import ChunkWriter, ThreadedSink, ZarrStore
 from harness.output.session import SPILL_PREFIX
@@ -126,10 +126,11 @@ def run_block(
     spec, channels = model if model is not None else cached(config)
     store = ZarrStore.open(Path(job.out))
     plan = plan_block(slide, config, channels, job.merge_budget, job.region, job.mask, store)
-    _fit_read_cache(slide, plan, job.cache_bytes)
+    cache = _fit_read_cache(slide, plan, job.cache_bytes, config)
     key = job.region.key if job.region is not None else "all"
     progress = ProgressRecord(store.path, key, store.grid[0] * store.grid[1])
-    stats = _merge_block(spec, channels, slide, plan, store, progress, job, on_patches, stop)
+    stats = _merge_block(spec, channels, slide, plan, store, progress, job, on_patches, stop,
+                         cache)  # fmt: skip
     return BlockResult(
         region=None if job.region is None else job.region.to_list(),
         patches=plan.n_unique, patch_runs=plan.n_patches, patches_done=plan.patches_done,
@@ -143,7 +144,7 @@ def run_block(
 def _merge_block(
     spec: ModelSpec, channels: int, slide: Slide, plan: Plan, store: ZarrStore,
     progress: ProgressRecord, job: BlockJob, on_patches: Callable[[int], object] | None,
-    stop: StopRequest | None,
+    stop: StopRequest | None, cache: int | None = None,
 ) -> MergeStats:  # fmt: skip
     """Every batch of the block through the model into the merger and the writer."""
     config = job.config
@@ -155,7 +156,8 @@ def _merge_block(
         else DenseMerger(plan, sink)
     )
     try:
-        _loop(spec, channels, slide, plan, merger, config, on_patches, stop, job.heap_slack)
+        _loop(spec, channels, slide, plan, merger, config, on_patches, stop, job.heap_slack,
+              cache)  # fmt: skip
         stats = merger.finish()
         sink.finish({})
     except BaseException:
@@ -169,37 +171,55 @@ def _merge_block(
 def _loop(
     spec: ModelSpec, channels: int, slide: Slide, plan: Plan, merger: Merger, config: RunConfig,
     on_patches: Callable[[int], object] | None, stop: StopRequest | None,
-    heap_slack: int | None = None,
+    heap_slack: int | None = None, cache: int | None = None,
 ) -> None:  # fmt: skip
-    """The main loop: batches in plan order, a stop check at every batch boundary."""
-    on_cpu = config.device == "cpu"  # elsewhere uint8 batches travel and are preprocessed there
-    loader = make_loader(slide, plan, config.batch_size, config.workers, not on_cpu,
-                         spec.preprocess if on_cpu else None)  # fmt: skip
+    """The main loop: batches in plan order, a stop check at every batch boundary.
+
+    This thread runs the model and the merge; the loader's readers fill the
+    next batches meanwhile (on the CPU it also preprocesses into a reused
+    buffer, elsewhere uint8 batches travel to the device and are preprocessed
+    there). Leaving the ``with`` early stops the readers at once.
+    """
+    on_cpu = config.device == "cpu"
+    loader = make_loader(slide, plan, config.batch_size, config.workers,
+                         spec.preprocess if on_cpu else None, cache)  # fmt: skip
     trimmer = _malloc.HeapTrimmer(heap_slack)
     owned = owned_entries(plan)
     done = plan.owned_kept - int(np.count_nonzero(owned))  # final before this run
     if on_patches is not None and done:
         on_patches(done)
     ran = 0
-    for b, (batch, indices) in enumerate(loader):
-        idx = indices.numpy()
-        merger.add(infer(spec, batch, config, channels, b), idx)
-        trimmer.tick()
-        ran += len(idx)
-        n = int(np.count_nonzero(owned[idx]))
-        done += n
-        if on_patches is not None:
-            on_patches(n)
-        if stop is not None and stop.requested and ran < plan.n_patches:
-            assert stop.signum is not None
-            raise Interrupted(stop.signum, done, plan.owned_kept)
+    with loader:
+        for batch in loader:
+            idx = batch.indices
+            merger.add(infer(spec, batch.pixels, config, channels, batch.number), idx)
+            trimmer.tick()
+            ran += len(idx)
+            n = int(np.count_nonzero(owned[idx]))
+            done += n
+            if on_patches is not None:
+                on_patches(n)
+            if stop is not None and stop.requested and ran < plan.n_patches:
+                assert stop.signum is not None
+                raise Interrupted(stop.signum, done, plan.owned_kept)
 
 
-def _fit_read_cache(slide: Slide, plan: Plan, cache_bytes: int | None) -> None:
-    """Size a slide's decoded-tile cache (where it has one): its budget share, or the band."""
-    if isinstance(slide, CachedSlide):
-        slide.resize_cache(cache_bytes if cache_bytes is not None else
-                           slide.cache_need(plan.read_band()))  # fmt: skip
+def _fit_read_cache(
+    slide: Slide, plan: Plan, cache_bytes: int | None, config: RunConfig
+) -> int | None:
+    """Size a slide's read cache (where it has one): its budget share, or what the reads need.
+
+    Returns the size set, which the loader divides between reader processes.
+    """
+    if not isinstance(slide, CachedSlide):
+        return None
+    size = (
+        cache_bytes
+        if cache_bytes is not None
+        else plan_cache_need(slide, plan, config.batch_size, config.workers)
+    )
+    slide.resize_cache(size)
+    return size
 
 
 def _peak_rss() -> int:

@@ -6,11 +6,15 @@ after imports and model load). :func:`split` divides it, before inference:
 ``batch``
     One batch in flight, *measured* from a probe batch at the configured
     batch size (:func:`measure_batch`: input, float input, the model's
-    activations, the output and its numpy copy), plus the batches DataLoader
-    workers prefetch (each ``2 x workers`` uint8 batch received by this process).
+    activations, the output and its numpy copy), plus the loader
+    (:func:`loader_bytes`): the ring of uint8 batch slots its readers fill
+    ahead (``2 x workers`` batches, reused, in shared memory for reader
+    processes) and each reader's working memory (:data:`READER_BYTES`).
 ``cache``
-    The slide's decoded-tile cache (``TiffSlide``: the band the reads sweep,
-    :meth:`~harness.plan.Plan.read_band`, capped; 0 for slides without one).
+    The slide's read cache (``TiffSlide`` tiles, ``SyntheticSlide`` blocks: the
+    band the reads sweep, :meth:`~harness.plan.Plan.read_band`, capped; with
+    reader processes the sum of each one's band, :func:`harness.loader.cache_need`;
+    0 for slides without one).
 ``queue``
     Final chunks waiting for the writer thread (its queue depth, plus the one
     being encoded), probabilities and labels.
@@ -64,6 +68,11 @@ PLAN_BYTES_PER_ENTRY = 64
 """Peak bytes per patch while a plan is built (int64 transients; 8 are held)."""
 PLAN_BYTES_PER_CHUNK = 14
 """Bytes per output chunk of the plan's grid tables (expected counts, masks, records)."""
+READER_BYTES = 16 * 2**20
+"""Working memory of one patch reader besides its cache share: the block or tile being
+made, its patch copies, and for a reader process its copy of the plan and its view of the
+ring. Measured (VmHWM minus RSS after start-up, minus the cache share): 11-14 MiB per
+reader process, synthetic 4096², patch 256, batch 8 (``docs/loader.md``)."""
 MAX_PATCH_SHARE = 0.5
 """A single patch's input (uint8 + float32) may use at most this share of the budget."""
 
@@ -173,17 +182,22 @@ def queue_bytes(config: PlanConfig, channels: int, probabilities: bool) -> int:
     return (QUEUE_DEPTH + 2) * per_chunk
 
 
-def _cache_bytes(slide: Slide, config: PlanConfig, merge_hint: int, channels: int) -> int | None:
-    """Tile-cache bytes the sweep needs (None when the slide keeps no cache)."""
+def _cache_bytes(
+    slide: Slide, config: PlanConfig, merge_hint: int, channels: int, batch_size: int,
+    workers: int,
+) -> int | None:  # fmt: skip
+    """Read-cache bytes the sweep needs (None when the slide keeps no cache)."""
+    from harness.loader import cache_need
+
     if not isinstance(slide, CachedSlide):
         return None
     # The band the reads sweep depends on the strip width, itself from the merge share.
     out = output_shape(slide.shape, slide.mpp, config.mpp)
     strip = strip_chunks_for(config, out, channels, merge_hint)
-    scale = (config.mpp or slide.mpp) / slide.mpp
-    (ph, pw), (sh, _), cw = config.patch_hw, config.stride_hw, config.chunk_hw[1]
-    band = (math.ceil((ph + sh) * scale), math.ceil((min(strip * cw, out[1]) + pw) * scale))
-    return slide.cache_need(band)
+    # Reader processes own column ranges from the strip's first patch, halo included.
+    width = strip * config.chunk_hw[1]
+    halo = config.out_hw[1] if workers > 1 and width < out[1] else 0
+    return cache_need(slide, config, min(width, out[1]) + halo, batch_size, workers)
 
 
 def split(run: RunConfig, slide: Slide, spec: ModelSpec, channels: int) -> BudgetSplit:
@@ -197,17 +211,17 @@ def split(run: RunConfig, slide: Slide, spec: ModelSpec, channels: int) -> Budge
     fixed = dict(queue=queue_bytes(cfg, channels, run.probabilities),
                  plan=plan_bytes(slide, cfg), slack=heap_slack + FIXED_BYTES)  # fmt: skip
     need = min_budget(cfg, channels)
-    received = _received(cfg, batch_size, run.workers)
+    received = loader_bytes(cfg, batch_size, run.workers)
     rest = total - sum(fixed.values()) - per_batch - received
-    cache = _cache_bytes(slide, cfg, max(rest, need), channels)
+    cache = _cache_bytes(slide, cfg, max(rest, need), channels, batch_size, run.workers)
     while rest - (cache or 0) < need and batch_size > 1:
         batch_size = max(1, batch_size // 2)
         per_batch = measure_batch(spec, cfg, batch_size, run.device)
-        received = _received(cfg, batch_size, run.workers)
+        received = loader_bytes(cfg, batch_size, run.workers)
         rest = total - sum(fixed.values()) - per_batch - received
         notes.append(f"batch size lowered to {batch_size} to fit the budget")
     if cache is not None and rest - cache < need:
-        smallest = _cache_bytes(slide, cfg, need, channels) or 0
+        smallest = _cache_bytes(slide, cfg, need, channels, batch_size, run.workers) or 0
         cache = min(cache, max(smallest, rest - need))
         notes.append(f"tile cache lowered to {format_bytes(cache)} to fit the budget")
     merge = rest - (cache or 0)
@@ -239,10 +253,11 @@ def heap_slack_for(total: int) -> int:
     return min(SLACK, max(MIN_HEAP_SLACK, total // 16))
 
 
-def _received(config: PlanConfig, batch_size: int, workers: int) -> int:
-    """Prefetched batches from DataLoader workers held by this process (uint8 or float)."""
-    ph, pw = config.patch_hw
-    return 2 * workers * batch_size * ph * pw * 3 * 4
+def loader_bytes(config: PlanConfig, batch_size: int, workers: int) -> int:
+    """The loader's ring of uint8 batch slots, plus :data:`READER_BYTES` per reader."""
+    from harness.loader import ring_bytes
+
+    return ring_bytes(config, batch_size, workers) + workers * READER_BYTES
 
 
 def with_batch_size(run: RunConfig, split_: BudgetSplit) -> RunConfig:

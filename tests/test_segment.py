@@ -11,6 +11,7 @@ import zarr
 
 from harness.compare import compare_outputs
 from harness.errors import ConfigError
+from harness.loader import READERS_ENV
 from harness.models import Preprocess
 from harness.output import NO_LABEL, OutputError, open_output
 from harness.plan import PlanConfig, min_budget
@@ -73,9 +74,15 @@ def test_masked_background_is_never_written(noise_slide, tmp_path) -> None:
     assert result.patches_masked_out > 0
 
 
-def test_workers_give_the_same_output(noise_slide, tmp_path) -> None:
-    a = _run(noise_slide, tmp_path / "a.zarr", workers=0)
-    b = _run(noise_slide, tmp_path / "b.zarr", workers=2)
+@pytest.mark.parametrize("readers", ["process", "thread"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_give_the_same_output(noise_slide, tmp_path, monkeypatch, readers, workers):
+    # GIVEN an in-memory slide (pickled to reader processes, shared with reader threads)
+    a = _run(noise_slide, tmp_path / "a.zarr", workers=0, model="tiny-cnn")
+    # WHEN reader threads or processes read it
+    monkeypatch.setenv(READERS_ENV, readers)
+    b = _run(noise_slide, tmp_path / "b.zarr", workers=workers, model="tiny-cnn")
+    # THEN the output is the inline one, bitwise
     assert compare_outputs(a.output, b.output).bitwise_equal
 
 
