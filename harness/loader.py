@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Batch", "LoaderError", "PatchLoader", "cache_need", "make_loader", "plan_cache_need",
-    "ring_bytes",
+    "preprocess_into", "ring_bytes",
 ]  # fmt: skip
 
 READERS_ENV = "WSI_HARNESS_READERS"
@@ -226,17 +226,11 @@ class PatchLoader:
         The same arithmetic as :meth:`~harness.preprocess.Preprocess.array`,
         written into one buffer instead of a new array per batch.
         """
-        p = self.preprocess
-        if p is None:
+        if self.preprocess is None:
             return torch.from_numpy(slot)
         if self._input is None:
             self._input = np.empty((self.batch_size, *self.plan.config.patch_hw, 3), np.float32)
-        x = self._input[: len(slot)]
-        np.multiply(slot, np.float32(p.scale), out=x, dtype=np.float32)
-        if p.normalises:
-            x -= np.asarray(p.mean, dtype=np.float32)
-            x /= np.asarray(p.std, dtype=np.float32)
-        return torch.from_numpy(x)
+        return torch.from_numpy(preprocess_into(self.preprocess, slot, self._input))
 
     def _start(self) -> _Source:
         """Start the readers of this mode on their shares."""
@@ -269,6 +263,18 @@ class PatchLoader:
         needs = [share_need(slide, cfg, widths, scale) for widths in shares]
         factor = min(1.0, total / max(1, sum(needs)))
         return [int(n * factor) for n in needs]
+
+
+def preprocess_into(
+    pre: Preprocess, batch: NDArray[np.uint8], buffer: NDArray[np.float32]
+) -> NDArray[np.float32]:
+    """``pre.array(batch)`` written into the first ``len(batch)`` rows of ``buffer``, bitwise."""
+    x = buffer[: len(batch)]
+    np.multiply(batch, np.float32(pre.scale), out=x, dtype=np.float32)
+    if pre.normalises:
+        x -= np.asarray(pre.mean, dtype=np.float32)
+        x /= np.asarray(pre.std, dtype=np.float32)
+    return x
 
 
 def _useful_readers(plan: Plan, batch_size: int, workers: int) -> int:
