@@ -24,7 +24,8 @@ INTERNAL_ERROR = 70
 """Exit status of a bug in the harness (sysexits' EX_SOFTWARE), never of bad input."""
 
 #: Modules that contribute sub-commands, in help order.
-_COMMAND_MODULES = ("slides", "segment", "cohort", "status", "outputs", "measure", "versus")
+_COMMAND_MODULES = ("slides", "segment", "cohort", "status", "outputs", "measure", "floor",
+                    "versus")  # fmt: skip
 
 
 class OneLineParser(argparse.ArgumentParser):
