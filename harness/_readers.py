@@ -327,7 +327,7 @@ class ProcessReaders:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         path = pickle.dumps(list(sys.path))
         for job in jobs:
-            payload = pickle.dumps(job)  # before spawning: an unpicklable slide fails here
+            payload = _payload(job)  # before spawning: an unpicklable slide fails here
             self.readers.append(self._spawn(env, job))
             self.readers[-1].control.send_bytes(path)
             self.readers[-1].control.send_bytes(payload)
@@ -404,6 +404,18 @@ class ProcessReaders:
         with contextlib.suppress(EOFError, OSError):
             while not reader.finished and reader.results.poll(EXIT_GRACE_S):
                 _handle(reader, reader.results.recv_bytes())
+
+
+def _payload(job: ReaderJob) -> bytes:
+    """``job`` pickled for a reader process, or one line saying why it cannot be."""
+    try:
+        return pickle.dumps(job)
+    except Exception as exc:
+        raise LoaderError(
+            f"cannot send the slide {type(job.slide).__name__} to reader processes "
+            f"({type(exc).__name__}: {exc}); read with threads (WSI_HARNESS_READERS=thread) "
+            "or in the main process (workers=0)"
+        ) from None
 
 
 def _handle(reader: _Reader, message: bytes) -> None:

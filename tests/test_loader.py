@@ -243,3 +243,24 @@ def test_a_killed_parent_leaves_no_reader_behind(tmp_path) -> None:
     while [pid for pid in readers if _alive(pid)] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [pid for pid in readers if _alive(pid)]
+
+
+class _Unpicklable:
+    """A slide holding a lock: fine for threads, impossible to send to a process."""
+
+    def __init__(self, slide: SyntheticSlide) -> None:
+        import threading
+
+        self.inner, self.lock = slide, threading.Lock()
+        self.shape, self.mpp, self.downsamples = slide.shape, slide.mpp, slide.downsamples
+
+    def read(self, box, mpp=None):
+        return self.inner.read(box, mpp)
+
+
+def test_a_slide_that_cannot_travel_is_one_line_and_threads_read_it() -> None:
+    slide = _Unpicklable(SyntheticSlide(256, 512, seed=1))
+    plan = make_plan(slide.shape, slide.mpp, CFG, 3, 2**40)
+    with pytest.raises(LoaderError, match=r"cannot send the slide _Unpicklable to reader proc"):
+        _batches(PatchLoader(slide, plan, 4, 2, mode="process"))  # type: ignore[arg-type]
+    assert len(_batches(PatchLoader(slide, plan, 4, 2, mode="thread"))) > 1  # type: ignore[arg-type]
