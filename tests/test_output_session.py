@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 
 from harness.output import OutputError, open_output
@@ -58,3 +59,31 @@ def test_an_empty_folder_is_used_and_a_stopped_runs_state_does_not_block(
     (out / ".wsi-harness").mkdir(parents=True)  # a run that stopped before creating its store
     assert _run(noise_slide, out).chunks_written > 0
     assert not (out / ".wsi-harness").exists()
+
+
+def test_progress_records_flush_in_the_background_and_fail_loudly(tmp_path: Path) -> None:
+    import shutil
+    import time
+
+    from harness.output.state import ProgressRecord, read_records
+
+    # GIVEN a record due at every mark
+    record = ProgressRecord(tmp_path, "all", 8, interval_s=0.0)
+    # WHEN chunks are marked, the background flush lists them without persist()
+    record.mark(3)
+    deadline = time.monotonic() + 10
+    while not read_records(tmp_path, 8)[3] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert read_records(tmp_path, 8)[3]
+    # AND persist() writes the rest synchronously
+    record.mark(5)
+    record.persist()
+    assert list(np.flatnonzero(read_records(tmp_path, 8))) == [3, 5]
+    # WHEN the record's folder becomes unwritable, the failure surfaces in the writer thread
+    shutil.rmtree(record.path.parent)
+    record.path.parent.write_text("not a folder")
+    record.mark(6)
+    with pytest.raises(OutputError, match="progress record"):
+        if record._flusher is not None:
+            record._flusher.join()
+        record.mark(7)
