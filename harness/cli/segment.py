@@ -40,9 +40,25 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     c = sub.add_parser("compare", help="compare two outputs; exit 1 beyond tolerance")
     c.add_argument("a")
     c.add_argument("b")
-    c.add_argument("--atol", type=float, default=0.0)
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--atol", type=_tolerance, default=0.0,
+                   help="largest absolute probability difference that still counts as equal "
+                        "(a finite number >= 0; default 0: bitwise)")  # fmt: skip
+    c.add_argument("--json", action="store_true", help="print the comparison as JSON")
     c.set_defaults(func=run_compare)
+
+
+def _tolerance(text: str) -> float:
+    """``--atol``: a finite number >= 0 (NaN would make every comparison pass)."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
+    return value
 
 
 def run_segment(args: argparse.Namespace) -> int:
