@@ -10,7 +10,7 @@ where a pixel is saturated or dark (H&E on white glass), dilated by one pixel.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,18 +46,64 @@ def _dilate(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     return out
 
 
-def load_mask_image(path: Path) -> NDArray[np.bool_]:
-    """Read a mask image; any non-zero pixel (in any channel) is tissue."""
-    from PIL import Image, UnidentifiedImageError
+MASK_MAX_PIXELS = 2**32
+"""Largest mask image read (PIL's decompression-bomb guard is 89 Mpx; masks of whole
+slides are legitimately larger, so the limit is raised for the mask read alone)."""
 
+
+def load_mask_image(path: Path) -> NDArray[np.bool_]:
+    """Read a mask image or ``.npy`` array into a boolean tissue mask.
+
+    The rules: a pixel is tissue when its value is non-zero -- in any colour
+    channel of an RGB image -- and finite. The alpha channel is not a colour:
+    a transparent pixel (alpha 0) is never tissue, an opaque black one is not
+    either. NaN in a float mask is not tissue. A ``.npy`` file follows the same
+    rules (boolean, integer or float arrays, 2-D).
+    """
     if not path.is_file():
         raise ConfigError(f"mask file {path} does not exist")
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"mask file {path} is not a readable .npy array: {exc}") from exc
+        if arr.ndim != 2:
+            raise ConfigError(f"mask array {path} has shape {arr.shape}; give a 2-D array")
+        return _tissue(np.asarray(arr), alpha=None)
+    return _read_image(path)
+
+
+def _read_image(path: Path) -> NDArray[np.bool_]:
+    from PIL import Image, UnidentifiedImageError
+
+    guard = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MASK_MAX_PIXELS  # for this read only
     try:
         with Image.open(path) as img:
+            bands = img.getbands()
             arr = np.asarray(img)
+    except Image.DecompressionBombError as exc:
+        raise ConfigError(f"mask file {path} has more than {MASK_MAX_PIXELS} pixels") from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise ConfigError(f"mask file {path} is not a readable image: {exc}") from exc
-    return np.asarray(arr.any(axis=2) if arr.ndim == 3 else arr != 0, dtype=bool)
+    finally:
+        Image.MAX_IMAGE_PIXELS = guard
+    if arr.ndim == 3 and "A" in bands:
+        a = bands.index("A")
+        colour = np.delete(arr, a, axis=2)
+        return _tissue(colour, alpha=arr[..., a])
+    return _tissue(arr, alpha=None)
+
+
+def _tissue(values: NDArray[Any], alpha: NDArray[Any] | None) -> NDArray[np.bool_]:
+    """Non-zero and finite (in any channel), and not transparent."""
+    nonzero = values != 0
+    if values.dtype.kind == "f":
+        nonzero &= np.isfinite(values)
+    tissue = nonzero.any(axis=2) if nonzero.ndim == 3 else nonzero
+    if alpha is not None:
+        tissue &= alpha != 0
+    return np.asarray(tissue, dtype=bool)
 
 
 def resolve_mask(spec: object, slide: Slide) -> NDArray[np.bool_] | None:

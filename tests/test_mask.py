@@ -61,3 +61,55 @@ def test_patch_touching_is_exact_at_mask_pixel_edges() -> None:
     origins = np.array([[0, 0], [40, 40], [50, 50], [60, 60], [45, 59]])
     keep = patches_touching(mask, origins, (10, 10), (100, 100))
     assert keep.tolist() == [False, False, True, False, True]
+
+
+def _block(dtype=np.uint8, value=255) -> np.ndarray:
+    arr = np.zeros((40, 60), dtype)
+    arr[10:20, 30:50] = value
+    return arr
+
+
+def test_alpha_is_not_a_colour_transparent_and_opaque_black_are_not_tissue(
+    slide: ArraySlide, tmp_path
+) -> None:
+    # GIVEN an RGBA mask: the block opaque white, opaque black elsewhere, one transparent row
+    rgba = np.zeros((40, 60, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[10:20, 30:50, :3] = 255
+    rgba[15, :, 3] = 0  # transparent: never tissue, whatever its colour
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "m.png")
+    mask = resolve_mask(str(tmp_path / "m.png"), slide)
+    # THEN only the opaque non-black pixels are tissue
+    assert mask is not None and mask.sum() == 200 - 20 and not mask[15].any()
+
+
+def test_nan_in_a_float_mask_is_not_tissue(slide: ArraySlide, tmp_path) -> None:
+    arr = _block(np.float32, 1.0)
+    arr[:5] = np.nan
+    Image.fromarray(arr, "F").save(tmp_path / "m.tiff")
+    mask = resolve_mask(str(tmp_path / "m.tiff"), slide)
+    assert mask is not None and mask.sum() == 200
+
+
+@pytest.mark.parametrize("dtype", [bool, np.uint8, np.float64])
+def test_npy_masks_are_read_by_the_same_rules(slide: ArraySlide, tmp_path, dtype) -> None:
+    arr = _block(dtype, 1)
+    if arr.dtype.kind == "f":
+        arr[0] = np.nan
+    np.save(tmp_path / "m.npy", arr)
+    mask = resolve_mask(str(tmp_path / "m.npy"), slide)
+    assert mask is not None and mask.sum() == 200
+    np.save(tmp_path / "bad.npy", np.ones((2, 40, 60)))
+    with pytest.raises(ConfigError, match="2-D"):
+        resolve_mask(str(tmp_path / "bad.npy"), slide)
+
+
+def test_a_mask_beyond_pils_bomb_guard_is_read(tmp_path) -> None:
+    # GIVEN a 1-bit mask of 100 Mpx, over PIL's 89 Mpx decompression-bomb limit
+    side = 10_000
+    Image.new("1", (side, side), 0).save(tmp_path / "big.png")
+    from harness.mask import load_mask_image
+
+    # THEN it is read, and PIL's guard is back in place afterwards
+    assert load_mask_image(tmp_path / "big.png").shape == (side, side)
+    assert Image.MAX_IMAGE_PIXELS == 178956970 // 2
