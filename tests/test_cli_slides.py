@@ -58,3 +58,22 @@ def test_errors_are_one_line(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_synth_keeps_an_existing_file_unless_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a slide already written
+    out = tmp_path / "s.tiff"
+    base = ["synth", str(out), "--size", "256", "--no-progress"]
+    assert main(base) == 0
+    before = out.read_bytes()
+    # WHEN synth is asked to write it again (another seed), it refuses in one line
+    assert main([*base, "--seed", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "exists; pass --overwrite" in err and err.count("\n") == 1
+    assert out.read_bytes() == before
+    # AND with --overwrite it replaces it; a missing folder is one line
+    assert main([*base, "--seed", "3", "--overwrite"]) == 0 and out.read_bytes() != before
+    assert main(["synth", str(tmp_path / "no" / "s.tiff"), "--size", "64"]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     synth.add_argument(
         "--classic", action="store_true", help="classic TIFF instead of BigTIFF when it fits"
     )
-    synth.add_argument("--no-progress", action="store_true")
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing OUT.tiff")
+    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.set_defaults(func=_synth)
 
     info = sub.add_parser(
@@ -53,6 +55,7 @@ def _synth(args: argparse.Namespace) -> int:
     from harness.slides import SyntheticSlide, parse_artefacts, write_tiff
 
     height = args.size if args.height is None else args.height
+    _check_destination(args.out, args.overwrite)
     try:
         artefacts = parse_artefacts(args.artefacts)
     except ValueError as exc:
@@ -73,6 +76,19 @@ def _synth(args: argparse.Namespace) -> int:
     mpx = slide.shape[0] * slide.shape[1] / 1e6
     print(f"wrote {path} ({height} x {args.size} px, {mpx / seconds:.1f} Mpx/s of level 0)")
     return 0
+
+
+def _check_destination(out: Path, overwrite: bool) -> None:
+    """Refuse, in one line, a TIFF that would replace a file or land nowhere."""
+    if out.is_dir():
+        raise ConfigError(f"{out} is a folder; give a file name such as {out / 'slide.tiff'}")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} exists; pass --overwrite to replace it")
+    parent = out.parent if str(out.parent) else Path()
+    if not parent.is_dir():
+        raise ConfigError(f"folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"folder {parent} is not writable")
 
 
 def _info(args: argparse.Namespace) -> int:
