@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,11 +37,14 @@ class Comparison:
         return asdict(self)
 
 
-def compare_outputs(a: str | Path, b: str | Path, rows: int = 1024) -> Comparison:
-    """Compare the ``probabilities`` and ``labels`` of outputs ``a`` and ``b``.
+def compare_outputs(a: str | Path, b: str | Path, tile: int = 1024) -> Comparison:
+    """Compare the ``probabilities`` and ``labels`` of outputs ``a`` and ``b``, tile by tile.
 
-    Where either output holds labels only, coverage comes from the labels and
-    ``max_abs_diff`` is NaN.
+    Tiles are ``tile`` x ``tile`` pixels (rounded up to whole label chunks), so
+    memory is a few tiles' worth, whatever the outputs' size. Coverage is where
+    a pixel has values (probabilities not NaN; labels not ``NO_LABEL`` where
+    an output holds labels only, when ``max_abs_diff`` is NaN and
+    ``probabilities_compared`` is False).
     """
     ga, gb = open_output(a), open_output(b)
     la_all, lb_all = output_array(ga, "labels"), output_array(gb, "labels")
@@ -51,16 +55,19 @@ def compare_outputs(a: str | Path, b: str | Path, rows: int = 1024) -> Compariso
     pb = output_array(gb, "probabilities") if with_probs else None
     if pa is not None and pb is not None and pa.shape != pb.shape:
         raise HarnessError(f"outputs differ in shape: {pa.shape} vs {pb.shape}")
+    th, tw = (-(-tile // c) * c for c in la_all.chunks[:2])
     worst, equal, mismatch, agree, both = 0.0, True, 0, 0, 0
-    for y in range(0, la_all.shape[0], rows):
-        la, lb = np.asarray(la_all[y : y + rows]), np.asarray(lb_all[y : y + rows])
+    h, w = la_all.shape[:2]
+    for y, x in itertools.product(range(0, h, th), range(0, w, tw)):
+        box = (slice(y, y + th), slice(x, x + tw))
+        la, lb = np.asarray(la_all[box]), np.asarray(lb_all[box])
         if pa is not None and pb is not None:
-            xa, xb = np.asarray(pa[y : y + rows]), np.asarray(pb[y : y + rows])
+            xa, xb = np.asarray(pa[box]), np.asarray(pb[box])
             equal = equal and np.array_equal(xa, xb, equal_nan=True)
-            na, nb = np.isnan(xa), np.isnan(xb)
-            ok = ~(na | nb)
+            ok = ~(np.isnan(xa) | np.isnan(xb))
             if ok.any():
                 worst = max(worst, float(np.abs(xa[ok].astype(np.float64) - xb[ok]).max()))
+            na, nb = np.isnan(xa).all(axis=-1), np.isnan(xb).all(axis=-1)
         else:
             equal = equal and np.array_equal(la, lb)
             na, nb = la == NO_LABEL, lb == NO_LABEL
