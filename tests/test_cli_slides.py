@@ -50,6 +50,7 @@ def test_info_on_a_synthetic_spec(capsys: pytest.CaptureFixture[str]) -> None:
             ["synth", "x.tiff", "--size", "64", "--tile", "10"], "multiple of 16", id="tile"
         ),
         pytest.param(["synth", "x.tiff", "--size", "0"], "at least 1 x 1", id="size"),
+        pytest.param(["info", "synthetic:99999999999999999999"], "at most", id="20-digits"),
     ],
 )
 def test_errors_are_one_line(

@@ -180,6 +180,11 @@ def _parse_artefacts(artefacts: bool | Iterable[str]) -> tuple[str, ...]:
     return tuple(a for a in ARTEFACTS if a in names)
 
 
+MAX_SIDE = 10**8
+"""Largest synthetic side: 100 M px (a slide's tissue layout keeps per-column tables of
+side / 12,000 entries; a 20-digit size allocated exabytes before this check)."""
+
+
 class SyntheticSlide:
     """A procedural H&E slide: see the module documentation for the model.
 
@@ -213,6 +218,9 @@ class SyntheticSlide:
     ) -> None:
         if int(height) < 1 or int(width) < 1:
             raise ConfigError(f"slide size must be at least 1 x 1 pixels, got {height} x {width}")
+        if max(int(height), int(width)) > MAX_SIDE:
+            raise ConfigError(f"synthetic slides are at most {MAX_SIDE:,} pixels a side, got "
+                              f"{int(height):,} x {int(width):,}")  # fmt: skip
         if not 0.01 <= mpp <= 1000:
             raise ConfigError(f"mpp must be in [0.01, 1000] microns per pixel, got {mpp}")
         if not 0 < tissue_fraction <= 0.85:
