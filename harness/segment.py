@@ -17,6 +17,7 @@ the entry point owns its process (:mod:`harness.policy`).
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -193,12 +194,21 @@ def _open(slide: Slide | str | Path, model: object, run: RunConfig) -> _Opened:
         from harness.slides import open_slide
 
         slide = open_slide(slide, mpp=run.slide_mpp)
+    _warn_upsampling(slide.mpp, run.plan.mpp)
     budgets.check_sizes(slide, run.plan, run.budget)  # before the probe allocates a patch
     spec = load(run, None if isinstance(model, str | Path) else model)  # type: ignore[arg-type]
     channels = prepare(spec, run.plan, run.device)
     mask = resolve_mask(run.mask, slide)
     total = count_patches(slide, run.plan, mask)
     return _Opened(slide, slide_source(slide), spec, channels, mask, total)
+
+
+def _warn_upsampling(slide_mpp: float, mpp: float | None) -> None:
+    """Say so (stderr, one line) when the processing resolution is finer than level 0."""
+    if mpp is not None and mpp < slide_mpp * (1 - 1e-6):
+        print(f"warning: processing mpp {mpp:g} is finer than the slide's level 0 "
+              f"({slide_mpp:g} um/px): patches are upsampled {slide_mpp / mpp:.3g}x",
+              file=sys.stderr)  # fmt: skip
 
 
 def _own_output(

@@ -89,3 +89,12 @@ def test_segment_export_writes_a_valid_ome_zarr_beside_the_output(tmp_path) -> N
     level0 = zarr.open_group(tmp_path / "s.ome.zarr", mode="r")["labels"][LABEL_NAME]["0"]
     source = zarr.open_group(out, mode="r")["labels"][:]
     assert np.array_equal(np.asarray(level0[:]), source)
+
+
+def test_upsampling_past_level_0_is_warned_with_the_factor(tmp_path, capsys) -> None:
+    base = ["segment", "synthetic:256", "--model", "tiny-cnn", "--patch", "64", "--stride", "32",
+            "--chunk", "64", "--no-progress"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "a.zarr"), "--mpp", "0.125"]) == 0
+    assert "upsampled 4x" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "b.zarr"), "--mpp", "0.5"]) == 0
+    assert "warning" not in capsys.readouterr().err
