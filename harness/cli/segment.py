@@ -37,9 +37,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
     p.set_defaults(func=run_segment)  # fmt: skip
-    c = sub.add_parser("compare", help="compare two outputs; exit 1 beyond tolerance")
-    c.add_argument("a")
-    c.add_argument("b")
+    c = sub.add_parser(
+        "compare", help="compare two outputs; exit 1 beyond tolerance",
+        description="Compare two complete outputs tile by tile: the largest probability "
+        "difference, bitwise equality, coverage and label agreement. Where an output holds "
+        "labels only, only labels and coverage are compared (and the report says so). "
+        "Exit 0 within --atol, 1 beyond it, 2 on bad input.",
+    )  # fmt: skip
+    c.add_argument("a", metavar="A.zarr", help="an output")
+    c.add_argument("b", metavar="B.zarr", help="the output to compare it with")
     c.add_argument("--atol", type=_tolerance, default=0.0,
                    help="largest absolute probability difference that still counts as equal "
                         "(a finite number >= 0; default 0: bitwise)")  # fmt: skip
