@@ -22,12 +22,13 @@ echo "== 3. export for viewers: OME-Zarr (napari: napari --plugin napari-ome-zar
     --overwrite --no-progress
 
 echo "== 4. scaling study: peak RSS of the whole process vs slide area, streaming vs dense"
-# 8 MB of merge buffers: every size's raster band fills them, so the growth verdict compares
-# runs that all use their budget. From 2048 px: the read cache (its share of the 128 MB) holds
-# one band of the slide's width, and a 1024 px slide's band is too small to fill it (+5.4 %
-# from 1024, +2.9 % from 2048, measured with the block cache and the reader ring).
+# 8 MB of merge buffers: every size's raster band fills them, so the verdict compares runs
+# that all use their merge budget. What still grows is the read cache, which holds one band of
+# the slide's width up to its share of the 128 MB (measured: +4.4 % from 2048 to 8192 px,
+# +5.4 % from 1024), so the limit on the streaming engine is 10 %; dense, plotted beside it,
+# grows +276 % over the same sizes.
 "$BIN/wsi-harness" scaling --sizes 2048,4096,8192 --engine streaming --engine dense \
-    --model passthrough --budget 128MB --merge-budget 8MB --max-growth 5% --out "$OUT/scaling"
+    --model passthrough --budget 128MB --merge-budget 8MB --max-growth 10% --out "$OUT/scaling"
 
 echo
 echo "Look at: $OUT/thumbnail.png (slide), $OUT/labels.png (classes), $OUT/overlay.png"
