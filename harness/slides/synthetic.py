@@ -180,9 +180,10 @@ def _parse_artefacts(artefacts: bool | Iterable[str]) -> tuple[str, ...]:
     return tuple(a for a in ARTEFACTS if a in names)
 
 
-MAX_SIDE = 10**8
-"""Largest synthetic side: 100 M px (a slide's tissue layout keeps per-column tables of
-side / 12,000 entries; a 20-digit size allocated exabytes before this check)."""
+MAX_SIDE = 10**6
+"""Largest synthetic side: 1 M px, five times the largest real slides (the tissue layout
+holds a (side / 300)^2 table: 44 MB at this side, 413 GiB at 10^8; a 20-digit size
+allocated exabytes before this check)."""
 
 
 class SyntheticSlide:
