@@ -78,3 +78,12 @@ def test_synth_keeps_an_existing_file_unless_told(
     assert main([*base, "--seed", "3", "--overwrite"]) == 0 and out.read_bytes() != before
     assert main(["synth", str(tmp_path / "no" / "s.tiff"), "--size", "64"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_synth_progress_reaches_its_total(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 3000 x 1700 px in 256 px tiles over 3 levels: 12 x 7 + 6 x 4 + 3 x 2 = 114 tiles
+    assert main(["synth", str(tmp_path / "s.tiff"), "--size", "3000", "--height", "1700"]) == 0
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "114/114" in bar, bar

@@ -144,8 +144,11 @@ def _level_tiles(
     span = tile * d
     for ty in range(-(-dims[0] // tile)):
         for tx in range(-(-dims[1] // tile)):
-            yield slide.read((tx * span, ty * span, span, span), mpp)
+            tile_pixels = slide.read((tx * span, ty * span, span, span), mpp)
+            # counted before the yield: tifffile stops after a level's last tile
+            # without resuming the generator, so an update after it never ran
             bar.update(1)
+            yield tile_pixels
 
 
 def _page_args(
