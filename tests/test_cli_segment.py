@@ -44,6 +44,7 @@ def test_compare_exits_1_beyond_tolerance(tmp_path) -> None:
         pytest.param(["--stride", "128"], "gaps", id="stride-above-patch"),
         pytest.param(["--budget", "lots"], "byte size", id="bad-budget"),
         pytest.param(["--budget", "10kB"], "below the", id="budget-below-one-patch"),
+        pytest.param(["--budget", "64"], "64 B is below", id="budget-64-bytes"),
         pytest.param(["--model", "nope"], "built-in", id="unknown-model"),
         pytest.param(["--mask", "/no/such.png"], "does not exist", id="missing-mask"),
     ],
@@ -98,3 +99,48 @@ def test_upsampling_past_level_0_is_warned_with_the_factor(tmp_path, capsys) -> 
     assert "upsampled 4x" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "b.zarr"), "--mpp", "0.5"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+HELPED = ("segment", "compare", "render", "export", "synth", "info", "profile")
+
+
+def _option_blocks(help_text: str) -> dict[str, str]:
+    """Each option's help block (its lines up to the next option), keyed by its first flag."""
+    blocks: dict[str, str] = {}
+    key = None
+    for line in help_text.splitlines():
+        if line.startswith("  -"):
+            key = line.split()[0].rstrip(",")
+            blocks[key] = line
+        elif key is not None and line.startswith("      "):
+            blocks[key] += " " + line.strip()
+        else:
+            key = None
+    return blocks
+
+
+@pytest.mark.parametrize("command", HELPED)
+def test_help_describes_the_command_and_every_default(command) -> None:
+    import argparse
+
+    from harness.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices[command]
+    text = parser.format_help()
+    blocks = _option_blocks(text)
+    assert parser.description, f"{command} has no description"
+    valued = [a for a in parser._actions if a.option_strings and a.nargs != 0 and not a.required]
+    for action in valued:
+        block = blocks[action.option_strings[0]]
+        assert "default" in block or "required" in block, f"{command}: {block}"
+        assert block.count("(default") <= 1, f"{command}: two defaults in {block}"
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_segment_help_names_the_models_and_pt2(capsys) -> None:
+    from harness.preprocess import BUILTIN_MODELS
+
+    assert main(["segment", "--help"]) == 0
+    model = _option_blocks(capsys.readouterr().out)["--model"]
+    assert all(name in model for name in BUILTIN_MODELS) and ".pt2" in model

@@ -91,9 +91,16 @@ def _register_profile(sub: argparse._SubParsersAction[Any]) -> None:
         "process-tree RSS sampler. Writes DIR/capture.bin, DIR/flamegraph.html, "
         "DIR/rss.png (phases shaded) and DIR/summary.json. Every argument other than "
         "--report and --no-flamegraph goes to segment.",
+        epilog="--report DIR is required; it and --no-flamegraph may come before or after "
+        "SLIDE. Example: wsi-harness profile synthetic:8192 --report prof --model tiny-cnn",
     )
     p.add_argument("slide", help="slide path or synthetic:WxH")
-    p.add_argument("segment_args", nargs=argparse.REMAINDER, help="arguments for segment")
+    p.add_argument("segment_args", nargs=argparse.REMAINDER,
+                   help="arguments for segment (see segment --help)")  # fmt: skip
+    p.add_argument("--report", type=Path, default=None, metavar="DIR",
+                   help="report folder (required)")  # fmt: skip
+    p.add_argument("--no-flamegraph", action="store_true",
+                   help="skip the flame graph (default: written)")  # fmt: skip
     p.set_defaults(func=_run_profile)
 
 
@@ -101,12 +108,14 @@ def _run_profile(args: argparse.Namespace) -> int:
     from harness.measure.profile import run_profile
 
     own = argparse.ArgumentParser(prog="wsi-harness profile", add_help=False)
-    own.add_argument("--report", type=Path, required=True)
-    own.add_argument("--no-flamegraph", action="store_true")
+    own.add_argument("--report", type=Path, default=args.report)
+    own.add_argument("--no-flamegraph", action="store_true", default=args.no_flamegraph)
     try:
         mine, rest = own.parse_known_args(args.segment_args)
     except SystemExit:
         raise ConfigError("profile needs --report DIR") from None
+    if mine.report is None:
+        raise ConfigError("profile needs --report DIR")
     report = run_profile(args.slide, rest, mine.report, with_flamegraph=not mine.no_flamegraph)
     m = report.measurement
     heap = "-" if m.memray is None else f"{m.memray.peak_bytes / 2**20:.1f} MiB"

@@ -18,6 +18,29 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows every valued option's default, and no ``None``/``False`` noise.
+
+    argparse's own ``ArgumentDefaultsHelpFormatter`` prints ``(default: None)``
+    for required options and ``(default: False)`` for flags; this one leaves
+    required options, flags and help that already states its default alone.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = (
+            not action.option_strings
+            or action.required
+            or action.nargs == 0  # flags: off unless given
+            or action.default is argparse.SUPPRESS
+            or "default" in text
+        )
+        if quiet:
+            return text
+        shown = "none" if action.default is None else "%(default)s"
+        return f"{text} (default: {shown})"
+
+
 def _typed(opt: Option) -> Callable[[str], Any]:
     """An argparse ``type`` that turns our ConfigError into argparse's one-line usage error."""
     assert opt.parse is not None
@@ -34,7 +57,8 @@ def _typed(opt: Option) -> Callable[[str], Any]:
 
 
 def _default_text(opt: Option, default: Any) -> str:
-    if opt.parse is None:
+    """`` (default: X)`` unless the help already says its default in words."""
+    if opt.parse is None or "(default" in opt.help:
         return ""
     if default is None:
         return " (default: none)"
@@ -89,10 +113,11 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         "--cluster",
         default=None,
         metavar="local:N",
-        help="start a LocalCluster of N single-threaded worker processes",
+        help="start a LocalCluster of N single-threaded worker processes "
+        "(default: none, run in this process)",
     )
     dist.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
-                      help="run on an existing dask scheduler")  # fmt: skip
+                      help="run on an existing dask scheduler (default: none)")  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 from typing import TYPE_CHECKING, Any
 
+from harness.cli.options import DefaultsFormatter
 from harness.errors import ConfigError
 
 if TYPE_CHECKING:
+    import argparse
+
     from harness.output.export import SourceInfo, TileConsumer
 
-_FMT = argparse.ArgumentDefaultsHelpFormatter
+_FMT = DefaultsFormatter
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -24,6 +26,10 @@ def _register_render(sub: argparse._SubParsersAction[Any]) -> None:
     r = sub.add_parser(
         "render", formatter_class=_FMT,
         help="write a PNG of an output: label map, overlay on the slide, or class heatmap",
+        description="Write a PNG (--png, required) of an output written by segment: its "
+        "label map in the class colours with a legend, the labels blended over the slide "
+        "(--overlay) or one class's probability with a colour bar (--heatmap CLASS), "
+        "downsampled so its longest side is at most --max-side pixels.",
     )  # fmt: skip
     r.add_argument("output", help="OUT.zarr written by segment")
     r.add_argument("--png", required=True, help="PNG file to write (its folder must exist)")
@@ -66,6 +72,9 @@ def _register_export(sub: argparse._SubParsersAction[Any]) -> None:
         "export", formatter_class=_FMT,
         help="write a complete output as OME-Zarr (napari, QuPath) and/or GeoJSON (QuPath), "
         "in one pass over the store",
+        description="Export a complete output to OME-Zarr (--ome-zarr, for napari and "
+        "QuPath) and/or GeoJSON (--geojson, QuPath objects), reading the store once for "
+        "every format asked; at least one of them is required.",
     )  # fmt: skip
     e.add_argument("output", help="OUT.zarr written by segment (must be complete)")
     e.add_argument("--ome-zarr", metavar="A.ome.zarr", default=None, help="OME-Zarr to write")

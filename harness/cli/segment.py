@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         choices=EXPORTS,
         default=None,
         help="also export the finished output beside it: ome-zarr (OUT.ome.zarr) "
-        "or geojson (OUT.geojson.gz); repeatable",
+        "or geojson (OUT.geojson.gz); repeatable (default: none)",
     )
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
     p.set_defaults(func=run_segment)  # fmt: skip

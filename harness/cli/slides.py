@@ -16,21 +16,25 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this area's sub-commands to ``sub``."""
+    from harness.cli.options import DefaultsFormatter
+
     synth = sub.add_parser(
         "synth",
+        formatter_class=DefaultsFormatter,
         help="write a synthetic H&E slide to a pyramidal TIFF",
         description="Render a procedural H&E slide tile by tile into a pyramidal tiled TIFF.",
     )
-    synth.add_argument("out", type=Path, metavar="OUT.tiff")
-    synth.add_argument("--size", type=int, default=16384, help="width in pixels (default 16384)")
+    synth.add_argument("out", type=Path, metavar="OUT.tiff", help="TIFF file to write")
+    synth.add_argument("--size", type=int, default=16384, help="width in pixels")
     synth.add_argument("--height", type=int, default=None, help="height (default: --size)")
-    synth.add_argument("--mpp", type=float, default=0.5, help="microns per pixel (default 0.5)")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--tissue", type=float, default=0.4, help="tissue fraction (default 0.4)")
+    synth.add_argument("--mpp", type=float, default=0.5, help="microns per pixel")
+    synth.add_argument("--seed", type=int, default=0, help="seed of the tissue layout")
+    synth.add_argument("--tissue", type=float, default=0.4, help="tissue fraction")
     synth.add_argument("--artefacts", default="0", help="0, 1 or names joined by + (pen+fold+blur)")
-    synth.add_argument("--compression", choices=("jpeg", "deflate", "none"), default="jpeg")
-    synth.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
-    synth.add_argument("--tile", type=int, default=256)
+    synth.add_argument("--compression", choices=("jpeg", "deflate", "none"), default="jpeg",
+                       help="tile compression")  # fmt: skip
+    synth.add_argument("--quality", type=int, default=90, help="JPEG quality, 1-100")
+    synth.add_argument("--tile", type=int, default=256, help="TIFF tile side, a multiple of 16")
     synth.add_argument("--levels", type=int, default=None, help="pyramid levels (default: auto)")
     synth.add_argument(
         "--classic", action="store_true", help="classic TIFF instead of BigTIFF when it fits"
@@ -41,12 +45,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     info = sub.add_parser(
         "info",
+        formatter_class=DefaultsFormatter,
         help="describe a slide (file or synthetic: spec)",
         description="Print dimensions, mpp, pyramid levels and reader of a slide.",
     )
     info.add_argument("slide", metavar="SLIDE", help="a file or a synthetic:WIDTHxHEIGHT spec")
-    info.add_argument("--mpp", type=float, default=None, help="override the slide's mpp")
-    info.add_argument("--thumbnail", type=Path, default=None, metavar="OUT.png")
+    info.add_argument("--mpp", type=float, default=None,
+                      help="override the slide's mpp (default: its metadata)")  # fmt: skip
+    info.add_argument("--thumbnail", type=Path, default=None, metavar="OUT.png",
+                      help="also write a thumbnail PNG (default: none)")  # fmt: skip
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(func=_info)
 
