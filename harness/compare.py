@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ class Comparison:
     coverage_mismatch_px: int  # pixels covered in one output and not the other
     label_agreement: float  # share of pixels both cover with the same label
     probabilities_compared: bool = True  # False where an output holds labels only
+    labels_only: tuple[str, ...] = ()  # the outputs without probabilities
 
     def within(self, atol: float) -> bool:
         """Same coverage and probabilities within ``atol`` (labels equal, without them)."""
@@ -32,9 +34,33 @@ class Comparison:
             return self.coverage_mismatch_px == 0 and self.label_agreement == 1.0
         return self.coverage_mismatch_px == 0 and self.max_abs_diff <= atol
 
+    @property
+    def compared(self) -> tuple[str, ...]:
+        """What the figures cover: probabilities only where both outputs hold them."""
+        return ("probabilities", "labels") if self.probabilities_compared else ("labels",)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready record."""
-        return asdict(self)
+        """JSON-ready record (strict JSON: ``max_abs_diff`` is null when not compared)."""
+        record = asdict(self)
+        if math.isnan(self.max_abs_diff):
+            record["max_abs_diff"] = None
+        record["compared"] = list(self.compared)
+        return record
+
+    def describe(self) -> str:
+        """One line saying what was compared, what was not (and why), and the figures."""
+        if self.probabilities_compared:
+            head = (
+                f"compared probabilities and labels: max abs difference "
+                f"{self.max_abs_diff:.3g}, probabilities bitwise equal: {self.bitwise_equal}"
+            )
+        else:
+            verb = "holds" if len(self.labels_only) == 1 else "hold"
+            head = (f"compared labels only, probabilities NOT compared ("
+                    f"{' and '.join(self.labels_only)} {verb} labels only): "
+                    f"labels bitwise equal: {self.bitwise_equal}")  # fmt: skip
+        return (f"{head}, coverage mismatch {self.coverage_mismatch_px} px, "
+                f"label agreement {100 * self.label_agreement:.4f} %")  # fmt: skip
 
 
 def compare_outputs(a: str | Path, b: str | Path, tile: int = 1024) -> Comparison:
@@ -82,4 +108,5 @@ def compare_outputs(a: str | Path, b: str | Path, tile: int = 1024) -> Compariso
         coverage_mismatch_px=mismatch,
         label_agreement=agree / both if both else 1.0,
         probabilities_compared=with_probs,
+        labels_only=tuple(str(p) for p, g in ((a, ga), (b, gb)) if "probabilities" not in g),
     )

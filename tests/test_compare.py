@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from harness.compare import compare_outputs
 from harness.testing.labelmaps import write_label_output
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 WIDE = (512, 65536)  # 33 Mpx of labels: the old 1024-row bands held all of it several times
 
@@ -50,3 +48,52 @@ def test_tiles_find_one_pixel_in_33_million(wide_pair: tuple[Path, Path]) -> Non
 def test_compare_memory_does_not_follow_the_width(wide_pair: tuple[Path, Path]) -> None:
     # 1024 x 1024 tiles: about 1 MiB of labels a side at a time, not 512 x 65536 rows
     assert compare_outputs(*wide_pair).label_agreement < 1
+
+
+@pytest.fixture(scope="module")
+def full_and_labels_only(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from harness.config import RunConfig
+    from harness.plan import PlanConfig
+    from harness.segment import segment
+
+    root = tmp_path_factory.mktemp("kinds")
+    plan = PlanConfig(patch=64, stride=32, chunk=64, mpp=0.5)
+    outs = []
+    for name, probabilities in (("full.zarr", True), ("labels.zarr", False)):
+        run = RunConfig(plan=plan, model="tiny-cnn", probabilities=probabilities, progress=False)
+        outs.append(segment("synthetic:256,seed=1", out=root / name, run=run).output)
+    return Path(outs[0]), Path(outs[1])
+
+
+def test_labels_only_against_full_says_probabilities_were_not_compared(
+    full_and_labels_only: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness.cli import main
+
+    full, labels = full_and_labels_only
+    assert main(["compare", str(full), str(labels)]) == 0
+    line = capsys.readouterr().out
+    assert "probabilities NOT compared" in line and f"{labels} holds labels only" in line
+    # JSON stays strict (no NaN) and names what was compared
+    assert main(["compare", str(full), str(labels), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out, parse_constant=_reject)
+    assert record["compared"] == ["labels"] and record["max_abs_diff"] is None
+    assert record["labels_only"] == [str(labels)]
+    assert main(["compare", str(full), str(full), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out, parse_constant=_reject)
+    assert record["compared"] == ["probabilities", "labels"] and record["max_abs_diff"] == 0
+
+
+def _reject(constant: str) -> None:
+    raise AssertionError(f"not strict JSON: {constant}")
+
+
+@pytest.mark.parametrize("atol", ["nan", "inf", "-inf", "-0.1", "x"])
+def test_atol_must_be_a_finite_number_at_least_0(
+    full_and_labels_only: tuple[Path, Path], atol: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness.cli import main
+
+    full = str(full_and_labels_only[0])
+    assert main(["compare", full, full, f"--atol={atol}"]) == 2
+    assert "--atol" in capsys.readouterr().err

@@ -132,17 +132,5 @@ def run_compare(args: argparse.Namespace) -> int:
     from harness.compare import compare_outputs
 
     cmp = compare_outputs(args.a, args.b)
-    if args.json:
-        print(json.dumps(cmp.to_dict()))
-    else:
-        probs = (
-            f"max abs difference {cmp.max_abs_diff:.3g}"
-            if cmp.probabilities_compared
-            else "labels only (an output has no probabilities)"
-        )
-        print(
-            f"{probs} (bitwise equal: {cmp.bitwise_equal}), "
-            f"coverage mismatch {cmp.coverage_mismatch_px} px, "
-            f"label agreement {100 * cmp.label_agreement:.4f} %"
-        )
+    print(json.dumps(cmp.to_dict()) if args.json else cmp.describe())
     return 0 if cmp.within(args.atol) else 1
