@@ -57,8 +57,9 @@ def load_mask_image(path: Path) -> NDArray[np.bool_]:
     The rules: a pixel is tissue when its value is non-zero -- in any colour
     channel of an RGB image -- and finite. The alpha channel is not a colour:
     a transparent pixel (alpha 0) is never tissue, an opaque black one is not
-    either. NaN in a float mask is not tissue. A ``.npy`` file follows the same
-    rules (boolean, integer or float arrays, 2-D).
+    either. NaN in a float mask is not tissue. A palette image is read by
+    its palette's colours and transparency, not by its indices. A ``.npy``
+    file follows the same rules (boolean, integer or float arrays, 2-D).
     """
     if not path.is_file():
         raise ConfigError(f"mask file {path} does not exist")
@@ -82,17 +83,41 @@ def _read_image(path: Path) -> NDArray[np.bool_]:
         with Image.open(path) as img:
             bands = img.getbands()
             arr = np.asarray(img)
+            lut = _palette_tissue(img) if img.mode in ("P", "PA") else None
     except Image.DecompressionBombError as exc:
         raise ConfigError(f"mask file {path} has more than {MASK_MAX_PIXELS} pixels") from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise ConfigError(f"mask file {path} is not a readable image: {exc}") from exc
     finally:
         Image.MAX_IMAGE_PIXELS = guard
+    if lut is not None:  # palette indices stand for colours (and alphas): look them up
+        if arr.ndim == 2:
+            return np.asarray(lut[arr], dtype=bool)
+        return np.asarray(lut[arr[..., 0]] & (arr[..., 1] != 0), dtype=bool)  # "PA"
     if arr.ndim == 3 and "A" in bands:
         a = bands.index("A")
         colour = np.delete(arr, a, axis=2)
         return _tissue(colour, alpha=arr[..., a])
     return _tissue(arr, alpha=None)
+
+
+def _palette_tissue(img: Any) -> NDArray[np.bool_]:
+    """Whether each of a palette image's 256 indices is tissue, by its colour and alpha.
+
+    The indices themselves mean nothing: index 0 may be white, and a
+    ``transparency`` entry makes an index transparent. Converting a 256-pixel
+    strip with the same palette applies PIL's own rules, without converting
+    the (possibly huge) image itself.
+    """
+    from PIL import Image
+
+    strip = Image.frombytes("P", (256, 1), bytes(range(256)))
+    strip.putpalette(img.getpalette() or [], rawmode="RGB")
+    if "transparency" in img.info:
+        strip.info["transparency"] = img.info["transparency"]
+    rgba = np.asarray(strip.convert("RGBA"))[0]
+    tissue: NDArray[np.bool_] = _tissue(rgba[None, :, :3], alpha=rgba[None, :, 3])[0]
+    return tissue
 
 
 def _tissue(values: NDArray[Any], alpha: NDArray[Any] | None) -> NDArray[np.bool_]:

@@ -113,3 +113,24 @@ def test_a_mask_beyond_pils_bomb_guard_is_read(tmp_path) -> None:
     # THEN it is read, and PIL's guard is back in place afterwards
     assert load_mask_image(tmp_path / "big.png").shape == (side, side)
     assert Image.MAX_IMAGE_PIXELS == 178956970 // 2
+
+
+def test_palette_masks_are_read_by_colour_and_transparency(slide: ArraySlide, tmp_path) -> None:
+    # GIVEN a palette mask whose index 0 is black and index 1 white: the block is index 1
+    indices = np.zeros((40, 60), np.uint8)
+    indices[10:20, 30:50] = 1
+    image = Image.fromarray(indices, "P")
+    image.putpalette([0, 0, 0, 255, 255, 255])
+    image.save(tmp_path / "m.png")
+    mask = resolve_mask(str(tmp_path / "m.png"), slide)
+    assert mask is not None and mask.sum() == 200
+    # WHEN index 0 is white and index 1 black, the colours (not the indices) decide
+    image.putpalette([255, 255, 255, 0, 0, 0])
+    image.save(tmp_path / "inverse.png")
+    mask = resolve_mask(str(tmp_path / "inverse.png"), slide)
+    assert mask is not None and mask.sum() == 40 * 60 - 200
+    # AND an index marked transparent is not tissue, though white like the block's
+    image.putpalette([255, 255, 255, 255, 255, 255])
+    image.save(tmp_path / "transparent.png", transparency=0)
+    mask = resolve_mask(str(tmp_path / "transparent.png"), slide)
+    assert mask is not None and mask.sum() == 200 and mask[10:20, 30:50].all()
