@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.engines import TIATOOLBOX_PEAK, EngineJob, Ours, TIAToolbox, peer_python
 from harness.errors import ConfigError
 from harness.peers.compare import (
     UNCOVERED,
@@ -25,19 +26,16 @@ from harness.peers.compare import (
 )
 from harness.peers.report import format_table, plot, study_dict, targets, write_json
 from harness.peers.versus import (
-    DEFAULT_PEER_PYTHON,
     GB,
-    RUNNER,
     Decision,
     EngineRun,
-    PeakModel,
     SizeResult,
     VersusConfig,
     decide_peer,
-    ours_argv,
-    peer_argv,
     slide_job,
 )
+
+DEFAULT_PEER_PYTHON = peer_python("tiatoolbox")
 
 zarr = pytest.importorskip("zarr")
 
@@ -81,12 +79,12 @@ def test_grids_differ_only_past_the_common_extent(length, out, stride, ours, tia
     ],
 )
 def test_peak_model_never_underpredicts_the_issue_measurements(side, measured_gb):
-    predicted = PeakModel().predict(side * side) / GB
+    predicted = TIATOOLBOX_PEAK.predict(side * side) / GB
     assert measured_gb * 0.95 <= predicted <= measured_gb * 1.25
 
 
 def test_calibration_only_raises_the_base():
-    model = PeakModel()
+    model = TIATOOLBOX_PEAK
     assert model.calibrated([(4096**2, 1 * GB)]) == model  # over-predicted: unchanged
     raised = model.calibrated([(4096**2, 3 * GB)])
     assert raised.predict(4096**2) == pytest.approx(3 * GB, rel=1e-9)
@@ -102,7 +100,7 @@ def test_calibration_only_raises_the_base():
 )
 def test_decide_peer(side, available_gb, run, why):
     # GIVEN 24 GB of RAM and a 50% share WHEN deciding THEN run or skip, saying why
-    d = decide_peer(side * side, PeakModel(), int(24 * GB), int(available_gb * GB), 0.5)
+    d = decide_peer(side * side, TIATOOLBOX_PEAK, int(24 * GB), int(available_gb * GB), 0.5)
     assert isinstance(d, Decision)
     assert d.run is run
     assert why in d.reason
@@ -126,17 +124,29 @@ def test_config_rejects_bad_values(kwargs):
         VersusConfig(**kwargs)
 
 
-def test_both_engines_get_the_same_grid(tmp_path):
-    cfg = VersusConfig(model="passthrough", patch=128, stride=64, mpp=1.0, nice=5)
-    ours = ours_argv(cfg, tmp_path / "s.tiff", tmp_path / "o.zarr")
-    peer = peer_argv(cfg, tmp_path / "s.tiff", tmp_path / "p")
-    for argv in (ours, peer):
-        assert argv[:3] == ["nice", "-n", "5"]
-        for flag, value in (("--patch", "128"), ("--stride", "64"), ("--mpp", "1.0")):
-            assert argv[argv.index(flag) + 1] == value
-        assert argv[argv.index("--model") + 1] == "passthrough"
-    assert ours[ours.index("--mask") + 1] == "none"
-    assert str(RUNNER) in peer
+def test_every_engine_gets_the_same_grid(tmp_path):
+    # GIVEN a study with its own model and grid
+    cfg = VersusConfig(model="passthrough", patch=128, stride=64, mpp=1.0, batch_size=4)
+    job = EngineJob(str(tmp_path / "s.tiff"), tmp_path / "o.zarr", cfg.run_config())
+    # WHEN each engine builds its command THEN each passes the same model, grid and batch
+    for engine in cfg.build_engines():
+        argv = engine.argv(job)
+        for flag, value in (("--patch", "128"), ("--stride", "64"), ("--mpp", "1.0"),
+                            ("--batch-size", "4"), ("--model", "passthrough")):  # fmt: skip
+            assert argv[argv.index(flag) + 1] == value, (engine.name, flag)
+    ours, peer = cfg.build_engines()
+    assert isinstance(ours, Ours) and isinstance(peer, TIAToolbox)
+    ours_argv = ours.argv(job)
+    assert ours_argv[ours_argv.index("--mask") + 1] == "none"
+    assert "--labels-only" in ours_argv  # as TIAToolbox's default writes labels only
+    assert str(Path("harness/peers/tiatoolbox_runner.py")) in " ".join(peer.argv(job))
+
+
+def test_peer_python_overrides_apply(tmp_path):
+    cfg = VersusConfig(engines=("ours", "monai"), peer_pythons=(("monai", str(tmp_path / "py")),))
+    monai = cfg.build_engines()[1]
+    assert monai.argv(EngineJob("s", tmp_path))[0] == str(tmp_path / "py")
+    assert "no monai peer python" in (monai.unavailable() or "")
 
 
 def test_slide_job_reads_size_and_mpp(tmp_path):
@@ -242,34 +252,44 @@ def results():
         skipped="skipped: predicted peak 49.6 GB",
         predicted_peak_bytes=int(49.6 * GB),
     )
+
+    def both(size, slide, ours, peer):
+        return SizeResult(size, slide, {"ours": ours, "tiatoolbox": peer})
+
     return [
-        SizeResult(4096, "a", _run("ours", 4096, 0.2, 4.0), _run("tiatoolbox", 4096, 2.1, 20)),
-        SizeResult(8192, "b", _run("ours", 8192, 0.5, 16.0), _run("tiatoolbox", 8192, 4.5, 60)),
-        SizeResult(32768, "c", _run("ours", 32768, 0.3, 300.0), skipped),
+        both(4096, "a", _run("ours", 4096, 0.2, 2.0), _run("tiatoolbox", 4096, 2.1, 20)),
+        both(8192, "b", _run("ours", 8192, 0.5, 7.0), _run("tiatoolbox", 8192, 4.5, 60)),
+        both(32768, "c", _run("ours", 32768, 0.3, 300.0), skipped),
     ]
 
 
 def test_targets(results):
     t = targets(results)
-    assert [s["size"] for s in t["per_size"]] == [4096, 8192]
-    assert t["per_size"][0]["rss_ok"] and t["per_size"][0]["wall_ok"]
-    assert not t["per_size"][1]["rss_ok"]  # 0.5 / 4.5 > 1/10
-    steps = t["ours_scaling"]
+    assert [(s["size"], s["engine"]) for s in t["per_size"]] == [
+        (4096, "tiatoolbox"),
+        (8192, "tiatoolbox"),
+    ]
+    small, large = t["per_size"]
+    assert small["rss_ok"] is None  # TIAToolbox's RSS target starts at 8k
+    assert small["wall_ok"]  # 2 / 20 <= 1/8
+    assert not large["rss_ok"]  # 0.5 / 4.5 > 1/10
+    assert large["wall_ok"]  # 7 / 60 <= 1/8
+    steps = t["reference_scaling"]
     assert [(s["from"], s["to"]) for s in steps] == [(4096, 8192), (8192, 32768)]
     assert steps[0]["area_ratio"] == 4 and steps[0]["linear_ok"]
-    assert not steps[1]["linear_ok"]  # wall grew 300 / 16 = 18.75x for 16x the area
+    assert not steps[1]["linear_ok"]  # wall grew 300 / 7 = 43x for 16x the area
 
 
 def test_table_json_and_plot(results, tmp_path):
     table = format_table(results)
-    assert sum(line.startswith("| ") for line in table.splitlines()) == 4  # header + 3 sizes
-    assert "(pred 49.6)" in table and "32768: TIAToolbox skipped" in table
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 7  # header + 3 x 2
+    assert "(pred 49.6)" in table and "32768, tiatoolbox: skipped" in table
     data = study_dict(VersusConfig(), results, {"cpus": 2})
     data["nan"] = math.nan
     write_json(tmp_path / "versus.json", data)
     back = json.loads((tmp_path / "versus.json").read_text())
     assert back["nan"] is None
-    assert back["results"][2]["tiatoolbox"]["skipped"].startswith("skipped")
+    assert back["results"][2]["runs"]["tiatoolbox"]["skipped"].startswith("skipped")
     plot(results, tmp_path / "versus.png")
     assert (tmp_path / "versus.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -278,6 +298,24 @@ def test_cli_needs_a_slide_or_sizes(tmp_path):
     from harness.cli import main
 
     assert main(["versus", "tiatoolbox", "--out", str(tmp_path)]) == 2
+
+
+def test_cli_runs_engines_from_another_directory(tmp_path, monkeypatch):
+    # GIVEN a working directory outside the checkout and a relative --out
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    # WHEN versus runs ours and the dense reference on a small synthetic slide
+    code = main(["versus", "--engines", "ours,dense", "--sizes", "512", "--out", "rel",
+                 "--model", "passthrough"])  # fmt: skip
+    # THEN the report lands under the working directory, both ran and agree bitwise
+    assert code == 0
+    data = json.loads((tmp_path / "rel" / "versus.json").read_text())
+    runs = data["results"][0]["runs"]
+    assert runs["ours"]["returncode"] == 0 and runs["dense"]["returncode"] == 0
+    assert data["results"][0]["agreement"]["dense"]["overall"]["label_agreement"] == 1.0
+    assert (tmp_path / "rel" / "versus.png").is_file()
+    assert not (tmp_path / "rel" / "ours").exists()  # outputs removed without --keep-outputs
 
 
 # --- with the peer venv -------------------------------------------------------

@@ -16,50 +16,112 @@ from harness.errors import ConfigError
 if TYPE_CHECKING:
     import argparse
 
-_SIZE_HELP = "synthetic slide sides to run (written under OUT/slides/ if missing)"
+_SIZE_HELP = (
+    "synthetic slide sides, comma- or space-separated (written as pyramidal TIFFs under "
+    "OUT/slides/ if missing; no default)"
+)
+_ENGINES_HELP = (
+    "engines to run, comma-separated: ours, dense, tiatoolbox, monai (MONAI's AvgMerger), "
+    "monai-zarr (its ZarrAvgMerger) or module:callable (default: ours,tiatoolbox)"
+)
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``versus`` to ``sub``."""
-    from harness.peers.versus import DEFAULT_PEER_PYTHON, ENGINES
+    from harness.cli.options import DefaultsFormatter
 
-    p = sub.add_parser("versus", help="compare memory, time and outputs with a peer engine")
-    p.add_argument("peer", choices=["tiatoolbox"], help="the peer engine")
-    p.add_argument("slides", nargs="*", type=Path, help="TIFF slides (or use --sizes)")
-    p.add_argument("--sizes", nargs="+", type=int, default=[], help=_SIZE_HELP)
-    p.add_argument("--out", type=Path, required=True, help="directory for versus.json etc.")
-    p.add_argument("--model", default="tiny-cnn")
-    p.add_argument("--patch", type=int, default=256)
-    p.add_argument("--stride", type=int, default=128)
-    p.add_argument("--mpp", type=float, default=0.5)
+    p = sub.add_parser(
+        "versus",
+        help="compare memory, time and outputs of several engines on the same slides",
+        formatter_class=DefaultsFormatter,
+        description="Run each engine on the same slides, model and grid, each in a fresh "
+        "measured process (peers in their own virtualenvs, see scripts/peer_env.sh), compare "
+        "every engine's labels with ours, and write OUT/versus.json, versus.md and versus.png. "
+        "Engines whose peak grows with the slide are skipped where their predicted peak does "
+        "not fit in RAM.",
+        epilog="Example: wsi-harness versus --engines ours,tiatoolbox,monai "
+        "--sizes 4096,8192,16384 --out versus",
+    )
+    p.add_argument("items", nargs="*", metavar="SLIDE|ENGINE",
+                   help="TIFF slides to run (or use --sizes); an engine name here is added to "
+                   "--engines (versus tiatoolbox ...)")  # fmt: skip
+    p.add_argument("--sizes", nargs="+", default=[], help=_SIZE_HELP)
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for versus.json, .md and .png (relative to here)")  # fmt: skip
+    p.add_argument("--engines", default=None, help=_ENGINES_HELP)
+    p.add_argument("--model", default="tiny-cnn", help="built-in model every engine runs")
+    p.add_argument("--patch", type=int, default=256, help="input patch side")
+    p.add_argument("--stride", type=int, default=128, help="patch stride")
+    p.add_argument("--mpp", type=float, default=0.5, help="processing resolution")
     p.add_argument("--budget", default=None, help="our memory budget (default: the engine's)")
-    p.add_argument("--batch-size", type=int, default=8, help="TIAToolbox batch size")
-    p.add_argument("--peer-python", type=Path, default=DEFAULT_PEER_PYTHON)
+    p.add_argument("--batch-size", type=int, default=8, help="patches per model call, every engine")
+    p.add_argument("--workers", type=int, default=0, help="our loader workers (segment --workers)")
+    p.add_argument("--peer-python", action="append", default=[], metavar="[ENGINE=]PATH",
+                   help="a peer's virtualenv python (a bare PATH is TIAToolbox's); default "
+                   "peer/ENGINE/bin/python")  # fmt: skip
     p.add_argument(
         "--peer-probabilities",
         action="store_true",
-        help="ask TIAToolbox to return probabilities too (compares them)",
+        help="ask every engine for probabilities too (compares them)",
     )
     p.add_argument(
         "--ram-share",
         type=float,
         default=0.5,
-        help="skip TIAToolbox where its predicted peak exceeds this share of RAM",
+        help="skip an engine where its predicted peak exceeds this share of RAM",
     )
-    p.add_argument("--engines", nargs="+", choices=["ours", "tiatoolbox"], default=list(ENGINES))
-    p.add_argument("--nice", type=int, default=0, help="run both engines under nice -n N")
+    p.add_argument("--nice", type=int, default=0, help="run every engine under nice -n N")
     p.add_argument("--timeout", type=float, default=None, help="seconds per engine run")
-    p.add_argument("--keep-outputs", action="store_true", help="keep both zarr outputs")
+    p.add_argument("--keep-outputs", action="store_true", help="keep every engine's output")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the study, print the table, write ``versus.json`` and ``versus.png``."""
-    from harness.peers import report
-    from harness.peers.versus import VersusConfig, run_study, slide_job, synthetic_job
+def _split_items(items: list[str]) -> tuple[list[str], list[Path]]:
+    """Engine names and slide paths among the positional arguments."""
+    from harness.engines import BUILTIN
 
-    if not args.slides and not args.sizes:
+    engines = [i for i in items if i in BUILTIN and not Path(i).exists()]
+    slides = [Path(i).absolute() for i in items if i not in engines]
+    return engines, slides
+
+
+def _sizes(tokens: list[str]) -> list[int]:
+    try:
+        sizes = [int(t) for token in tokens for t in token.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"sizes must be integers, got {' '.join(tokens)!r}") from None
+    if any(s < 256 for s in sizes):
+        raise ConfigError(f"sizes must be at least 256 pixels, got {sizes}")
+    return sizes
+
+
+def _pythons(values: list[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        out.append((name, path) if sep else ("tiatoolbox", value))
+    return tuple((name, str(Path(path).expanduser().absolute())) for name, path in out)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the study, print the table, write ``versus.json``, ``versus.md`` and ``versus.png``."""
+    from harness.peers import report
+    from harness.peers.versus import (
+        DEFAULT_ENGINES,
+        VersusConfig,
+        run_study,
+        slide_job,
+        synthetic_job,
+    )
+
+    named, slides = _split_items(args.items)
+    sizes = _sizes(args.sizes)
+    if not slides and not sizes:
         raise ConfigError("give SLIDE paths or --sizes")
+    listed = [e for e in (args.engines or "").split(",") if e.strip()]
+    engines = tuple(dict.fromkeys([*listed, *named])) or DEFAULT_ENGINES
+    if named and not listed and "ours" not in engines:
+        engines = ("ours", *engines)  # `versus tiatoolbox`: ours beside it, as before
     cfg = VersusConfig(
         model=args.model,
         patch=args.patch,
@@ -67,18 +129,19 @@ def run(args: argparse.Namespace) -> int:
         mpp=args.mpp,
         budget=args.budget,
         batch_size=args.batch_size,
-        peer_python=args.peer_python,
+        workers=args.workers,
         ram_share=args.ram_share,
         peer_probabilities=args.peer_probabilities,
         nice=args.nice,
         timeout_s=args.timeout,
         keep_outputs=args.keep_outputs,
-        engines=tuple(args.engines),
+        engines=engines,
+        peer_pythons=_pythons(args.peer_python),
     )
-    out: Path = args.out
+    out: Path = args.out.absolute()
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [slide_job(path, cfg.mpp) for path in args.slides]
-    jobs += [synthetic_job(s, out / "slides", cfg.mpp) for s in args.sizes]
+    jobs = [slide_job(path, cfg.mpp) for path in slides]
+    jobs += [synthetic_job(s, out / "slides", cfg.mpp) for s in sizes]
     results = run_study(cfg, jobs, out)
     report.write_json(out / "versus.json", report.study_dict(cfg, results, _environment()))
     table = report.format_table(results)

@@ -1,15 +1,19 @@
-"""Run our engine and a peer (TIAToolbox) side by side on the same slides and grid.
+"""Run several engines side by side on the same slides and grid (``wsi-harness versus``).
 
-Each engine runs in a fresh process under :func:`harness.measure.run_command`
-(peak RSS of the process tree, the kernel's ``ru_maxrss``, wall and CPU time).
-TIAToolbox runs in its own virtualenv (``scripts/peer_env.sh tiatoolbox``)
-through :mod:`harness.peers.tiatoolbox_runner`. Because its peak grows with
-the slide, each peer run is first *predicted* (:class:`PeakModel`) and skipped,
-with the reason recorded, when the prediction exceeds a safe share of RAM.
+Each engine (:mod:`harness.engines`: ours, the dense reference, TIAToolbox,
+MONAI's two mergers, or ``module:callable``) runs in a fresh process under
+:func:`harness.measure.run_command` (peak RSS of the process tree, the
+kernel's ``ru_maxrss``, wall and CPU time), peers in their own virtualenvs.
+An engine whose peak grows with the slide is first *predicted* and skipped,
+with the reason recorded, when the prediction exceeds a safe share of RAM;
+each measured run raises that engine's prediction if it was under.
+Every engine's labels are then compared with the reference engine's
+(``ours`` when it runs, else the first named).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -17,49 +21,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.engines import Engine, EngineJob, Monai, PeakModel, TIAToolbox, parse_engines
 from harness.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from harness.config import RunConfig
     from harness.peers.compare import Agreement
 
-ENGINES = ("ours", "tiatoolbox")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_PEER_PYTHON = REPO_ROOT / "peer" / "tiatoolbox" / "bin" / "python"
-RUNNER = Path(__file__).resolve().with_name("tiatoolbox_runner.py")
+DEFAULT_ENGINES = ("ours", "tiatoolbox")
 GB = 1e9
 
 
 @dataclass(frozen=True)
-class PeakModel:
-    """Predicted whole-process peak RSS of TIAToolbox: ``base + bytes_per_px * area``.
-
-    Defaults come from TIAToolbox 2.1.3 on 2 cores (tiny model, patch 256,
-    stride 128): 2.1 GB at 4k², 4.5 GB at 8k², 11.2 GB at 16k², 1.3 GB for
-    import and model alone; 45 B/px over-predicts the largest, which is the
-    safe side.
-    """
-
-    base_bytes: float = 1.3 * GB
-    bytes_per_px: float = 45.0
-
-    def predict(self, area_px: int) -> int:
-        """Predicted peak in bytes for a slide of ``area_px`` pixels at processing mpp."""
-        return int(self.base_bytes + self.bytes_per_px * area_px)
-
-    def calibrated(self, measured: Sequence[tuple[int, int]]) -> PeakModel:
-        """Raise the base so no ``(area_px, peak_bytes)`` measurement is under-predicted."""
-        base = max([self.base_bytes, *(p - self.bytes_per_px * a for a, p in measured)])
-        return replace(self, base_bytes=base)
-
-
-@dataclass(frozen=True)
 class Decision:
-    """Whether to run the peer on one slide, and why."""
+    """Whether to run an engine on one slide, and why."""
 
     run: bool
-    predicted_peak_bytes: int
+    predicted_peak_bytes: int | None
     limit_bytes: int
     reason: str
 
@@ -67,24 +47,26 @@ class Decision:
 def decide_peer(
     area_px: int, model: PeakModel, total_bytes: int, available_bytes: int, share: float
 ) -> Decision:
-    """Run the peer only if its predicted peak fits ``share`` of RAM and what is free now.
+    """Run only if the predicted peak fits ``share`` of RAM and what is free now."""
+    return decide(model.predict(area_px), total_bytes, available_bytes, share)
+
+
+def decide(predicted: int | None, total_bytes: int, available_bytes: int, share: float) -> Decision:
+    """Run when nothing is predicted (a bounded engine) or the prediction fits.
 
     Parameters
     ----------
-    area_px
-        Slide area at the processing resolution.
-    model
-        Peak predictor.
+    predicted
+        Predicted peak in bytes, ``None`` for an engine bounded by design.
     total_bytes, available_bytes
         Machine RAM and RAM available at this moment (others may be using it).
     share
-        Largest fraction of total RAM the peer may be predicted to use.
+        Largest fraction of total RAM an engine may be predicted to use.
     """
-    predicted = model.predict(area_px)
     share_limit = int(share * total_bytes)
     free_limit = int(0.9 * available_bytes)
     limit = min(share_limit, free_limit)
-    if predicted <= limit:
+    if predicted is None or predicted <= limit:
         return Decision(True, predicted, limit, "")
     why = f"{share:.0%} of RAM" if limit == share_limit else "90% of what is available now"
     reason = f"skipped: predicted peak {predicted / GB:.1f} GB exceeds {limit / GB:.1f} GB ({why})"
@@ -93,7 +75,7 @@ def decide_peer(
 
 @dataclass(frozen=True)
 class VersusConfig:
-    """One side-by-side study: the model, the grid, and how to run the peer."""
+    """One side-by-side study: the engines, the model, the grid, and how to run them."""
 
     model: str = "tiny-cnn"
     patch: int = 256
@@ -101,13 +83,16 @@ class VersusConfig:
     mpp: float = 0.5
     budget: str | None = None
     batch_size: int = 8
-    peer_python: Path = DEFAULT_PEER_PYTHON
+    workers: int = 0
+    """Our loader workers (``segment --workers``); peers keep their own defaults."""
     ram_share: float = 0.5
     peer_probabilities: bool = False
     nice: int = 0
     timeout_s: float | None = None
     keep_outputs: bool = False
-    engines: tuple[str, ...] = ENGINES
+    engines: tuple[str, ...] = DEFAULT_ENGINES
+    peer_pythons: tuple[tuple[str, str], ...] = ()
+    """``(engine, python)`` overrides of a peer's virtualenv python."""
 
     def __post_init__(self) -> None:
         if not 0 < self.stride <= self.patch:
@@ -118,9 +103,41 @@ class VersusConfig:
             raise ConfigError(f"ram share must be in (0, 0.9], got {self.ram_share}")
         if not 0 <= self.nice <= 19:
             raise ConfigError(f"nice must be in 0..19, got {self.nice}")
-        bad = set(self.engines) - set(ENGINES)
-        if bad or not self.engines:
-            raise ConfigError(f"engines must be among {', '.join(ENGINES)}, got {self.engines}")
+        if not self.engines:
+            raise ConfigError("give at least one engine")
+        object.__setattr__(self, "engines", tuple(e.name for e in self.build_engines()))
+
+    def build_engines(self) -> tuple[Engine, ...]:
+        """The engines, in order, with any python overrides applied."""
+        pythons = dict(self.peer_pythons)
+        out: list[Engine] = []
+        for engine in parse_engines(list(self.engines)):
+            python = pythons.get(engine.name)
+            if python and isinstance(engine, TIAToolbox | Monai):
+                engine = replace(engine, python=Path(python).absolute())
+            out.append(engine)
+        return tuple(out)
+
+    @property
+    def reference(self) -> str:
+        """The engine every other one is compared with: ``ours`` if it runs, else the first."""
+        return "ours" if "ours" in self.engines else self.engines[0]
+
+    def run_config(self) -> RunConfig:
+        """Our run settings for this study: no mask, labels only unless probabilities are asked."""
+        from harness.config import DEFAULT_BUDGET, RunConfig
+        from harness.plan import PlanConfig
+        from harness.units import parse_bytes
+
+        return RunConfig(
+            plan=PlanConfig(patch=self.patch, stride=self.stride, mpp=self.mpp),
+            model=self.model,
+            budget=parse_bytes(self.budget) if self.budget else DEFAULT_BUDGET,
+            mask="none",
+            batch_size=self.batch_size,
+            workers=self.workers,
+            probabilities=self.peer_probabilities,
+        )
 
 
 @dataclass(frozen=True)
@@ -155,47 +172,27 @@ class EngineRun:
 
 @dataclass(frozen=True)
 class SizeResult:
-    """Both engines on one slide, and how far their outputs agree."""
+    """Every engine on one slide, and how far each agrees with the reference engine."""
 
     size: int
     slide: str
-    ours: EngineRun
-    peer: EngineRun
-    agreement: Agreement | None = None
+    runs: dict[str, EngineRun]
+    agreement: dict[str, Agreement | None] = field(default_factory=dict)
+    reference: str = "ours"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
             "size": self.size,
             "slide": self.slide,
-            "ours": self.ours.to_dict(),
-            "tiatoolbox": self.peer.to_dict(),
-            "agreement": None if self.agreement is None else self.agreement.to_dict(),
+            "reference": self.reference,
+            "runs": {k: r.to_dict() for k, r in self.runs.items()},
+            "agreement": {k: None if a is None else a.to_dict() for k, a in self.agreement.items()},
         }
 
 
 def _nice(cfg: VersusConfig) -> list[str]:
     return ["nice", "-n", str(cfg.nice)] if cfg.nice else []
-
-
-def ours_argv(cfg: VersusConfig, slide: Path, out: Path) -> list[str]:
-    """Command line of our engine on ``slide``, writing ``out`` (a zarr group)."""
-    argv = [*_nice(cfg), sys.executable, "-m", "harness", "segment", str(slide)]
-    argv += ["--out", str(out), "--model", cfg.model, "--patch", str(cfg.patch)]
-    argv += ["--stride", str(cfg.stride), "--mpp", str(cfg.mpp), "--mask", "none"]
-    argv += ["--engine", "streaming", "--json", "--overwrite", "--no-progress"]
-    # The same outputs as the peer's run: its default writes the label map only.
-    argv += [] if cfg.peer_probabilities else ["--labels-only"]
-    return argv + (["--budget", cfg.budget] if cfg.budget else [])
-
-
-def peer_argv(cfg: VersusConfig, slide: Path, out_dir: Path) -> list[str]:
-    """Command line of the TIAToolbox runner on ``slide``, writing under ``out_dir``."""
-    argv = [*_nice(cfg), str(cfg.peer_python), str(RUNNER), str(slide)]
-    argv += ["--out-dir", str(out_dir), "--model", cfg.model, "--patch", str(cfg.patch)]
-    argv += ["--stride", str(cfg.stride), "--mpp", str(cfg.mpp)]
-    argv += ["--batch-size", str(cfg.batch_size)]
-    return argv + (["--probabilities"] if cfg.peer_probabilities else [])
 
 
 def synth_argv(size: int, path: Path, mpp: float) -> list[str]:
@@ -214,7 +211,7 @@ def measure_engine(
     # Let the previous run's dirty pages (a multi-GB zarr) reach the disk first, so
     # its writeback is not billed to this run.
     os.sync()
-    m = run_command(argv, cwd=REPO_ROOT, timeout_s=timeout_s)
+    m = run_command(argv, timeout_s=timeout_s)
     try:
         detail = m.stdout_json()
     except HarnessError:  # a failed run prints no JSON; keep the stderr tail instead
@@ -245,78 +242,106 @@ class SlideJob:
     area_px: int
 
 
-def _run_ours(cfg: VersusConfig, job: SlideJob, out_dir: Path) -> EngineRun:
-    if "ours" not in cfg.engines:
-        return EngineRun("ours", job.size, job.area_px, skipped="skipped: not requested")
-    out = out_dir / "ours" / f"{job.path.stem}.zarr"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    argv = ours_argv(cfg, job.path, out)
-    return measure_engine("ours", job.size, job.area_px, argv, cfg.timeout_s, out)
+@dataclass
+class _Predictions:
+    """Per engine, how far its measured peaks exceeded its own prediction (never below 0)."""
+
+    under: dict[str, int] = field(default_factory=dict)
+
+    def predict(self, engine: Engine, area_px: int) -> int | None:
+        base = engine.predict_peak(area_px)
+        return None if base is None else base + self.under.get(engine.name, 0)
+
+    def learn(self, engine: Engine, run: EngineRun) -> None:
+        base = engine.predict_peak(run.area_px)
+        if base is None or not (run.ok and run.peak_rss_bytes):
+            return
+        gap = max(0, run.peak_rss_bytes - base)
+        self.under[engine.name] = max(self.under.get(engine.name, 0), gap)
 
 
-def _run_peer(cfg: VersusConfig, job: SlideJob, out_dir: Path, decision: Decision) -> EngineRun:
-    base = EngineRun(
-        "tiatoolbox", job.size, job.area_px, predicted_peak_bytes=decision.predicted_peak_bytes
-    )
-    if "tiatoolbox" not in cfg.engines:
-        return replace(base, skipped="skipped: not requested")
+def _output_path(out_dir: Path, engine: Engine, job: SlideJob) -> Path:
+    # TIAToolbox is told a folder and names the zarr itself; the others are told the zarr.
+    stem = job.path.stem
+    return out_dir / engine.name / (stem if isinstance(engine, TIAToolbox) else f"{stem}.zarr")
+
+
+def run_engine(
+    cfg: VersusConfig, engine: Engine, job: SlideJob, out_dir: Path, predicted: int | None
+) -> EngineRun:
+    """One engine on one slide: skipped (unavailable, or predicted not to fit) or measured."""
+    import psutil
+
+    base = EngineRun(engine.name, job.size, job.area_px, predicted_peak_bytes=predicted)
+    why = engine.unavailable()
+    if why:
+        return replace(base, skipped=f"skipped: {why}")
+    vm = psutil.virtual_memory()
+    decision = decide(predicted, vm.total, vm.available, cfg.ram_share)
     if not decision.run:
         return replace(base, skipped=decision.reason)
-    if not cfg.peer_python.is_file():
-        why = f"skipped: no peer python at {cfg.peer_python} (run scripts/peer_env.sh tiatoolbox)"
-        return replace(base, skipped=why)
-    dest = out_dir / "tiatoolbox" / job.path.stem
+    dest = _output_path(out_dir, engine, job)
     if dest.exists():
         shutil.rmtree(dest)
-    argv = peer_argv(cfg, job.path, dest)
-    run = measure_engine("tiatoolbox", job.size, job.area_px, argv, cfg.timeout_s, dest)
-    out = run.detail.get("output")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ejob = EngineJob(str(job.path), dest, cfg.run_config())
+    argv = [*_nice(cfg), *engine.argv(ejob)]
+    run = measure_engine(engine.name, job.size, job.area_px, argv, cfg.timeout_s, dest)
+    output = engine.output(ejob, run.detail) if run.ok else None
     return replace(
-        run, output=str(out) if out else None, predicted_peak_bytes=decision.predicted_peak_bytes
+        run, output=None if output is None else str(output), predicted_peak_bytes=predicted
     )
 
 
-def _compare(cfg: VersusConfig, ours: EngineRun, peer: EngineRun) -> Agreement | None:
-    if not (ours.ok and peer.ok and ours.output and peer.output):
+def _compare(
+    cfg: VersusConfig, engines: dict[str, Engine], ref: EngineRun, other: EngineRun
+) -> Agreement | None:
+    if not (ref.ok and other.ok and ref.output and other.output):
         return None
     from harness.peers.compare import compare_outputs, open_output
 
-    mine = open_output(Path(ours.output), "labels")
-    theirs = open_output(Path(peer.output), "predictions")
+    mine = open_output(Path(ref.output), engines[ref.engine].labels_key)
+    theirs = open_output(Path(other.output), engines[other.engine].labels_key)
     return compare_outputs(mine, theirs, out=cfg.patch, stride=cfg.stride)
 
 
-def run_slide(cfg: VersusConfig, job: SlideJob, out_dir: Path, model: PeakModel) -> SizeResult:
-    """Run both engines on one slide (peer first, while RAM is freest), then compare."""
-    import psutil
+def _order(engines: Sequence[Engine]) -> list[Engine]:
+    """Engines that grow with the slide first, while RAM is freest; the given order otherwise."""
+    return sorted(engines, key=lambda e: e.predict_peak(1) is None)
 
-    vm = psutil.virtual_memory()
-    decision = decide_peer(job.area_px, model, vm.total, vm.available, cfg.ram_share)
-    peer = _run_peer(cfg, job, out_dir, decision)
-    ours = _run_ours(cfg, job, out_dir)
-    agreement = _compare(cfg, ours, peer)
+
+def run_slide(
+    cfg: VersusConfig, job: SlideJob, out_dir: Path, predictions: _Predictions | None = None
+) -> SizeResult:
+    """Run every engine on one slide, then compare each with the reference engine."""
+    predictions = predictions or _Predictions()
+    engines = {e.name: e for e in cfg.build_engines()}
+    runs: dict[str, EngineRun] = {}
+    for engine in _order(list(engines.values())):
+        predicted = predictions.predict(engine, job.area_px)
+        runs[engine.name] = run = run_engine(cfg, engine, job, out_dir, predicted)
+        predictions.learn(engine, run)
+    runs = {name: runs[name] for name in cfg.engines}  # the order the user gave
+    ref = runs[cfg.reference]
+    agreement = {
+        name: _compare(cfg, engines, ref, run) for name, run in runs.items() if name != ref.engine
+    }
     if not cfg.keep_outputs:
-        for run in (ours, peer):
-            if run.output and Path(run.output).exists():
-                shutil.rmtree(Path(run.output))
-    return SizeResult(job.size, str(job.path), ours, peer, agreement)
+        for engine in engines.values():
+            dest = _output_path(out_dir, engine, job)
+            shutil.rmtree(dest, ignore_errors=True)
+            with contextlib.suppress(OSError):  # other slides' outputs may still be there
+                dest.parent.rmdir()
+    return SizeResult(job.size, str(job.path), runs, agreement, cfg.reference)
 
 
-def run_study(
-    cfg: VersusConfig, jobs: Sequence[SlideJob], out_dir: Path, model: PeakModel | None = None
-) -> list[SizeResult]:
-    """Run every slide in order of size, recalibrating the peak model on each peer run."""
-    model = model or PeakModel()
+def run_study(cfg: VersusConfig, jobs: Sequence[SlideJob], out_dir: Path) -> list[SizeResult]:
+    """Run every slide in order of size; print one line per slide as it finishes."""
+    predictions = _Predictions()
     results: list[SizeResult] = []
     for job in sorted(jobs, key=lambda j: j.area_px):
-        result = run_slide(cfg, job, out_dir, model)
+        result = run_slide(cfg, job, out_dir, predictions)
         results.append(result)
-        measured = [
-            (r.peer.area_px, r.peer.peak_rss_bytes)
-            for r in results
-            if r.peer.ok and r.peer.peak_rss_bytes
-        ]
-        model = model.calibrated(measured)
         print(summary_line(result), flush=True)
     return results
 
@@ -324,7 +349,7 @@ def run_study(
 def summary_line(result: SizeResult) -> str:
     """One progress line per slide."""
     parts = [f"{result.size:>6}"]
-    for run in (result.ours, result.peer):
+    for run in result.runs.values():
         if run.skipped:
             parts.append(f"{run.engine}: {run.skipped}")
         elif not run.ok:
@@ -343,10 +368,16 @@ def slide_job(path: Path, mpp: float, size: int | None = None) -> SlideJob:
     """
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
-        page: Any = tif.pages[0]
-        h, w = int(page.imagelength), int(page.imagewidth)
-        slide_mpp = _tiff_mpp(page) or mpp
+    path = path.absolute()
+    if not path.is_file():
+        raise ConfigError(f"slide {path} does not exist")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page: Any = tif.pages[0]
+            h, w = int(page.imagelength), int(page.imagewidth)
+            slide_mpp = _tiff_mpp(page) or mpp
+    except (tifffile.TiffFileError, OSError) as exc:
+        raise ConfigError(f"slide {path} is not a readable TIFF: {exc}") from None
     scale = slide_mpp / mpp
     ph, pw = max(1, round(h * scale)), max(1, round(w * scale))
     return SlideJob(size or max(ph, pw), path, ph * pw)
@@ -368,10 +399,10 @@ def synthetic_job(size: int, slides_dir: Path, mpp: float) -> SlideJob:
     from harness.errors import HarnessError
     from harness.measure import run_command
 
-    path = slides_dir / f"synthetic-{size}.tiff"
+    path = slides_dir.absolute() / f"synthetic-{size}.tiff"
     if not path.is_file():
         slides_dir.mkdir(parents=True, exist_ok=True)
-        m = run_command(synth_argv(size, path, mpp), cwd=REPO_ROOT)
+        m = run_command(synth_argv(size, path, mpp))
         if m.returncode != 0 or not path.is_file():
             raise HarnessError(f"could not write synthetic slide {path}: {m.stderr.strip()[-400:]}")
     return slide_job(path, mpp, size)
