@@ -22,8 +22,8 @@ demo: setup  ## segment a built-in synthetic slide, then a short streaming-vs-de
 	bash scripts/demo.sh $(OUT)/demo
 
 lint: setup  ## ruff lint + format check
-	$(BIN)/ruff check harness tests benchmarks scripts
-	$(BIN)/ruff format --check harness tests benchmarks scripts
+	$(BIN)/ruff check harness tests benchmarks scripts examples
+	$(BIN)/ruff format --check harness tests benchmarks scripts examples
 
 typecheck: setup  ## mypy strict on the package
 	$(BIN)/mypy

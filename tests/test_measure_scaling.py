@@ -203,3 +203,55 @@ def test_tiny_study_exit_code_follows_verdict(tmp_path: Path) -> None:
     code = main(argv)
     doc = json.loads((tmp_path / "scaling.json").read_text())
     assert code == (0 if doc["growth"]["passed"] else 1)
+
+
+_USER_ENGINE = '''
+import numpy as np, tifffile, zarr
+
+def segment(slide, out, model, patch, stride, mpp, batch_size):
+    """A user's engine: threshold the slide's base level into a labels array."""
+    image = tifffile.imread(slide, level=0)
+    group = zarr.open_group(str(out), mode="w")
+    group.create_array("labels", data=(image.mean(axis=2) < 200).astype("uint8"))
+    return {"engine": "threshold", "pixels": int(image.shape[0] * image.shape[1])}
+'''
+
+
+def test_scaling_measures_a_user_engine_on_tiffs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a user's engine module in the working directory, named module:callable
+    (tmp_path / "userengine.py").write_text(_USER_ENGINE)
+    monkeypatch.chdir(tmp_path)
+    argv = ["scaling", "--sizes", "512,1024", "--engine", "userengine:segment", "--out", "rep"]
+    # WHEN the study runs it (a file-reading engine: pyramidal TIFFs are written first)
+    code = main(argv)
+    out = capsys.readouterr().out
+    # THEN each size ran in a fresh process on its TIFF, recorded under the engine's name
+    assert code == 0, out
+    doc = json.loads((tmp_path / "rep" / "scaling.json").read_text())
+    records = doc["records"]
+    assert [(r["engine"], r["size"], r["status"]) for r in records] == [
+        ("userengine:segment", 512, "ok"), ("userengine:segment", 1024, "ok")
+    ]  # fmt: skip
+    assert [r["segment"]["pixels"] for r in records] == [512 * 512, 1024 * 1024]
+    assert all(r["peak_rss_bytes"] > 0 for r in records)
+    assert (tmp_path / "rep" / "slides" / "synthetic-1024.tiff").is_file()
+    assert "userengine:segment peak RSS growth 512 -> 1024" in out
+
+
+def test_scaling_skips_a_peer_without_its_venv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN the MONAI peer pointed at a python that does not exist
+    monkeypatch.setenv("WSI_HARNESS_PEER_MONAI", str(tmp_path / "no" / "python"))
+    # WHEN a study asks for it THEN it is skipped, saying how to build the peer
+    assert main(["scaling", "--sizes", "512", "--engine", "monai", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "scaling.json").read_text())
+    assert doc["records"][0]["status"] == "skipped"
+    assert "scripts/peer_env.sh monai" in doc["records"][0]["reason"]
+
+
+def test_scaling_refuses_an_unknown_engine(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["scaling", "--sizes", "512", "--engine", "fast", "--out", str(tmp_path)]) == 2
+    assert "unknown engine 'fast'" in capsys.readouterr().err

@@ -51,7 +51,11 @@ def plot_scaling(
             marker="o",
             label=f"{engine} (process-tree peak RSS)",
         )
-        skipped = [r for r in records if r.engine == engine and r.status == "skipped"]
+        skipped = [
+            r
+            for r in records
+            if r.engine == engine and r.status == "skipped" and r.predicted_peak_bytes
+        ]
         if skipped:
             ax.scatter(
                 [r.area / 1e6 for r in skipped],
@@ -67,8 +71,11 @@ def plot_scaling(
         if budget_bytes is not None:
             ax.axhline((base + budget_bytes) / _MIB, linestyle="--", color="grey",
                        label="baseline + budget")  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    if any(r.status == "ok" or (r.status == "skipped" and r.predicted_peak_bytes) for r in records):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    else:  # nothing to draw on log axes: say so instead of a blank (or warning) plot
+        ax.text(0.5, 0.5, "no run measured or predicted", ha="center", transform=ax.transAxes)
     ax.set_xlabel("slide area (megapixels, level 0)")
     ax.set_ylabel("peak RSS (MiB)")
     title = "Peak memory against slide size"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
 
+    from harness.engines import Engine
+
 ENGINES = ("streaming", "dense")
+"""Our two merge engines; any :mod:`harness.engines` name (``tiatoolbox``, ``monai``,
+``module:callable``) is accepted too."""
 #: Dense merger bytes per output pixel: float32 sum over 3 classes + float32 count.
 DENSE_BYTES_PER_PIXEL = 16
 #: Baseline assumed for a dense prediction before any run has reported one
@@ -42,9 +45,9 @@ def segment_argv(
 
     ``engine`` overrides the run's merge engine (``streaming`` or ``dense``).
     """
-    cfg = run.replace(engine=engine, overwrite=True, resume=False, progress=False)
-    return [sys.executable, "-m", "harness", "segment", slide, "--out", str(out),
-            *cfg.cli_args(), "--json", *extra]  # fmt: skip
+    from harness.engines import EngineJob, Ours
+
+    return Ours(engine).argv(EngineJob(slide, out, run, tuple(extra)))
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,12 @@ class ScalingConfig:
     def __post_init__(self) -> None:
         if not self.sizes or min(self.sizes) < 1:
             raise ConfigError(f"sizes must be positive pixel counts, got {self.sizes}")
-        bad = [e for e in self.engines if e not in ENGINES]
-        if bad or not self.engines:
-            raise ConfigError(f"engine must be one of {ENGINES}, got {list(self.engines)}")
+        from harness.engines import get_engine
+
+        if not self.engines:
+            raise ConfigError("give at least one engine")
+        for name in self.engines:
+            get_engine(name)  # raises ConfigError naming the choices
         if not 0.0 < self.ram_share <= 1.0:
             raise ConfigError(f"ram_share must be in (0, 1], got {self.ram_share}")
         if self.max_growth is not None and self.max_growth < 0:
@@ -245,31 +251,55 @@ def _record(size: int, engine: str, measured: Measurement) -> ScalingRecord:
     )
 
 
+def _slide(config: ScalingConfig, size: int, engine: Engine) -> str:
+    """``synthetic:SxS`` for engines that read it; else a pyramidal TIFF under ``out/slides``."""
+    if not engine.needs_file:
+        return f"synthetic:{size}x{size}"
+    from harness.peers.versus import synthetic_job
+
+    return str(synthetic_job(size, config.out_dir / "slides", config.segment.plan.mpp or 0.5).path)
+
+
 def run_one(config: ScalingConfig, size: int, engine: str) -> ScalingRecord:
-    """Run one segmentation of ``synthetic:SIZExSIZE`` and record it."""
+    """Run ``engine`` once on a ``size`` x ``size`` synthetic slide and record it."""
+    from harness.engines import EngineJob, Ours, get_engine
+
+    eng = get_engine(engine)
+    why = eng.unavailable()
+    if why:
+        return ScalingRecord(size, engine, "skipped", reason=why)
     runs = config.out_dir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    out = runs / f"{engine}-{size}.zarr"
-    capture = config.out_dir / "memray" / f"{engine}-{size}.bin" if config.memray else None
-    if capture is not None:
+    name = _file_name(engine)
+    out = runs / (f"{name}-{size}.zarr" if isinstance(eng, Ours) else f"{name}-{size}")
+    capture = None
+    if config.memray and isinstance(eng, Ours):  # memray runs in our venv only
+        capture = config.out_dir / "memray" / f"{name}-{size}.bin"
         capture.parent.mkdir(parents=True, exist_ok=True)
-    argv = segment_argv(f"synthetic:{size}x{size}", out, config.segment, engine, config.extra)
+    argv = eng.argv(EngineJob(_slide(config, size, eng), out, config.segment, config.extra))
     measured = run_command(argv, memray_file=capture, timeout_s=config.timeout_s, aggregate=True)
     if not config.keep_outputs:
         shutil.rmtree(out, ignore_errors=True)
     return _record(size, engine, measured)
 
 
+def _file_name(engine: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in engine)
+
+
 def _skip_reason(
     config: ScalingConfig, size: int, engine: str, baseline: int
 ) -> ScalingRecord | None:
-    """A skip record when a dense run is predicted to exceed the safe share of RAM."""
-    if engine != "dense":
-        return None
-    scale = output_scale(f"synthetic:{size}x{size}", config.segment.plan.mpp or 0.5)
-    predicted = predict_dense_peak(size, baseline, scale)
+    """A skip record when a run is predicted to exceed the safe share of RAM."""
+    from harness.engines import get_engine
+
+    if engine == "dense":
+        scale = output_scale(f"synthetic:{size}x{size}", config.segment.plan.mpp or 0.5)
+        predicted: int | None = predict_dense_peak(size, baseline, scale)
+    else:  # peers' slides are written at the processing mpp
+        predicted = get_engine(engine).predict_peak(size * size)
     safe = int(config.ram_share * psutil.virtual_memory().total)
-    if predicted <= safe:
+    if predicted is None or predicted <= safe:
         return None
     reason = f"predicted {predicted / 2**30:.1f} GiB > {config.ram_share:.0%} of RAM"
     return ScalingRecord(size, engine, "skipped", predicted_peak_bytes=predicted, reason=reason)
