@@ -101,7 +101,9 @@ class EngineJob:
 
     slide: str
     out: Path
-    run: RunConfig = field(default_factory=lambda: RunConfig(model="tiny-cnn", mask="none"))
+    run: RunConfig = field(
+        default_factory=lambda: RunConfig(model="tiny-cnn", mask="none", probabilities=False)
+    )
     extra: tuple[str, ...] = ()
 
     @property

@@ -325,7 +325,9 @@ def test_assert_bounded_reports_a_failed_run(tmp_path: Path) -> None:
     [
         pytest.param(flat_workload, [256], "at least two distinct", id="one-size"),
         pytest.param(flat_workload, [256, 256], "at least two distinct", id="same-size"),
-        pytest.param("engine --out {out}", [256, 512], "needs a {size}", id="no-placeholder"),
+        pytest.param(
+            "engine --out {out}", [256, 512], "needs a {size} or {slide}", id="no-placeholder"
+        ),
         pytest.param("no.such.module:run", [256, 512], "cannot import workload", id="bad-name"),
         pytest.param("engine {slide} {size}", [256, 512], "no slides= given", id="no-slides"),
     ],

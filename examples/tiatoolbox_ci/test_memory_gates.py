@@ -51,7 +51,7 @@ def segment(size: int, slide: str) -> None:
                    output_type="zarr", ioconfig=ioconfig, device="cpu")  # fmt: skip
 
 
-@pytest.mark.limit_rss("3 GB")
+@pytest.mark.limit_rss("4 GB")
 def test_semantic_segmentor_2k_ceiling(wsi_tiff):
     segment(2048, str(wsi_tiff(2048, "jpeg")))
 

@@ -129,8 +129,10 @@ def _import_callable(spec: str) -> Callable[..., object]:
 
 def _template(workload: str | Sequence[str]) -> tuple[str, ...]:
     argv = tuple(shlex.split(workload)) if isinstance(workload, str) else tuple(workload)
-    if not any("{size}" in arg for arg in argv):
-        raise ConfigError(f"a workload command needs a {{size}} placeholder, got {list(argv)}")
+    if not any("{size}" in arg or "{slide}" in arg for arg in argv):
+        raise ConfigError(
+            f"a workload command needs a {{size}} or {{slide}} placeholder, got {list(argv)}"
+        )
     return argv
 
 
