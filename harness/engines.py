@@ -387,16 +387,17 @@ def engine_command(
 # --- running a user engine in a fresh process -------------------------------------------
 
 
-def _import(spec: str) -> Callable[..., Any]:
+def import_callable(spec: str, what: str = "engine") -> Callable[..., Any]:
+    """Import ``module:attr.path`` and check it is callable (a :class:`ConfigError` if not)."""
     module, _, attr = spec.partition(":")
     try:
         obj: Any = importlib.import_module(module)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot import engine {spec!r}: {exc}") from None
+        raise ConfigError(f"cannot import {what} {spec!r}: {exc}") from None
     if not callable(obj):
-        raise ConfigError(f"engine {spec!r} is not callable")
+        raise ConfigError(f"{what} {spec!r} is not callable")
     return obj  # type: ignore[no-any-return]
 
 
@@ -415,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path.cwd()))  # a user's module next to their tests
     try:
-        fn = _import(args.engine)
+        fn = import_callable(args.engine)
         start = time.perf_counter()
         result = fn(
             slide=args.slide, out=args.out, model=args.model, patch=args.patch,

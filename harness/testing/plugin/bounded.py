@@ -14,7 +14,6 @@ scaling study's own formats.
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import shlex
@@ -23,7 +22,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from harness.errors import ConfigError
 from harness.measure.rss import DEFAULT_PERIOD_S
@@ -115,16 +114,9 @@ def _safe_name(name: str) -> str:
 
 
 def _import_callable(spec: str) -> Callable[..., object]:
-    module, _, attr = spec.partition(":")
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot import workload {spec!r}: {exc}") from None
-    if not callable(obj):
-        raise ConfigError(f"workload {spec!r} is not callable")
-    return obj  # type: ignore[no-any-return]
+    from harness.engines import import_callable
+
+    return import_callable(spec, "workload")
 
 
 def _template(workload: str | Sequence[str]) -> tuple[str, ...]:
