@@ -101,9 +101,7 @@ class EngineJob:
 
     slide: str
     out: Path
-    run: RunConfig = field(
-        default_factory=lambda: RunConfig(model="tiny-cnn", mask="none", probabilities=False)
-    )
+    run: RunConfig = field(default_factory=lambda: default_run())
     extra: tuple[str, ...] = ()
 
     @property
@@ -120,6 +118,17 @@ class EngineJob:
     def mpp(self) -> float:
         """Processing resolution; 0.5 when the run says 'level 0' (peers need a number)."""
         return self.run.plan.mpp or 0.5
+
+
+def default_run() -> RunConfig:
+    """What an engine runs when not told: tiny-cnn, no mask, labels only."""
+    return RunConfig(model="tiny-cnn", mask="none", probabilities=False)
+
+
+def grid_args(job: EngineJob) -> list[str]:
+    """``--model --patch --stride --mpp --batch-size`` of ``job``: what every runner takes."""
+    return ["--model", job.run.model, "--patch", str(job.patch), "--stride", str(job.stride),
+            "--mpp", str(job.mpp), "--batch-size", str(job.run.batch_size)]  # fmt: skip
 
 
 def _square(pair: tuple[int, int], name: str) -> int:
@@ -231,10 +240,7 @@ class TIAToolbox:
     def argv(self, job: EngineJob) -> list[str]:
         """The runner writes ``job.out/<slide>.zarr`` (TIAToolbox names the file itself)."""
         argv = [str(self.python), str(PEERS_DIR / "tiatoolbox_runner.py"), job.slide]
-        argv += ["--out-dir", str(job.out), "--model", job.run.model, "--patch", str(job.patch)]
-        argv += ["--stride", str(job.stride), "--mpp", str(job.mpp)]
-        argv += ["--batch-size", str(job.run.batch_size)]
-        return argv + (["--probabilities"] if job.run.probabilities else []) + list(job.extra)
+        return [*argv, "--out-dir", str(job.out), *grid_args(job), *_probabilities(job)]
 
     def output(self, job: EngineJob, record: Mapping[str, Any]) -> Path | None:
         """The zarr path the runner reported."""
@@ -268,10 +274,8 @@ class Monai:
     def argv(self, job: EngineJob) -> list[str]:
         """The runner writes ``job.out`` laid out like ours (``labels``, ``probabilities``)."""
         argv = [str(self.python), str(PEERS_DIR / "monai_runner.py"), job.slide]
-        argv += ["--out", str(job.out), "--model", job.run.model, "--patch", str(job.patch)]
-        argv += ["--stride", str(job.stride), "--mpp", str(job.mpp), "--merger", self.merger]
-        argv += ["--batch-size", str(job.run.batch_size)]
-        return argv + (["--probabilities"] if job.run.probabilities else []) + list(job.extra)
+        argv += ["--out", str(job.out), "--merger", self.merger, *grid_args(job)]
+        return argv + _probabilities(job)
 
     def output(self, job: EngineJob, record: Mapping[str, Any]) -> Path | None:
         """``job.out`` itself."""
@@ -303,8 +307,7 @@ class UserEngine:
     def argv(self, job: EngineJob) -> list[str]:
         """``python -m harness.engines SPEC SLIDE --out OUT --model ...``."""
         argv = [self.python, "-m", "harness.engines", self.spec, job.slide, "--out", str(job.out)]
-        argv += ["--model", job.run.model, "--patch", str(job.patch), "--stride", str(job.stride)]
-        return [*argv, "--mpp", str(job.mpp), "--batch-size", str(job.run.batch_size), *job.extra]
+        return [*argv, *grid_args(job), *job.extra]
 
     def output(self, job: EngineJob, record: Mapping[str, Any]) -> Path | None:
         """``job.out`` itself."""
@@ -313,6 +316,11 @@ class UserEngine:
     def predict_peak(self, area_px: int) -> int | None:
         """Unknown: never skipped by prediction."""
         return None
+
+
+def _probabilities(job: EngineJob) -> list[str]:
+    """A peer runner's ``--probabilities`` when asked for, then the job's extra arguments."""
+    return (["--probabilities"] if job.run.probabilities else []) + list(job.extra)
 
 
 def _missing_venv(python: Path, name: str) -> str | None:
@@ -380,7 +388,7 @@ def engine_command(
     why = eng.unavailable()
     if why:
         raise ConfigError(f"engine {eng.name} cannot run: {why}")
-    job = EngineJob("{slide}", Path("{out}"), run or EngineJob("", Path()).run, extra)
+    job = EngineJob("{slide}", Path("{out}"), run or default_run(), extra)
     return eng.argv(job)
 
 
