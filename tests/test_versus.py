@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -396,3 +397,51 @@ def test_tiatoolbox_wsireader_reads_our_tiff(tmp_path) -> None:
     info = json.loads(done.stdout.strip().splitlines()[-1])
     # THEN it reports our dimensions, mpp and pyramid levels
     assert info == {"dims": [1536, 1024], "mpp": [0.5, 0.5], "levels": 2}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--engines", "fast", "--sizes", "512"], "unknown engine 'fast'", id="engine"),
+        pytest.param(["--engines", "ours,streaming", "--sizes", "512"], "named twice", id="alias"),
+        pytest.param(["--sizes", "4k"], "comma-separated integers", id="size-text"),
+        pytest.param(["--sizes", "100"], "at least 256 pixels", id="size-small"),
+        pytest.param(["missing.tiff"], "does not exist", id="no-slide"),
+        pytest.param(["--sizes", "512", "--ram-share", "2"], "ram share", id="share"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_writes_no_report(tmp_path, args, message):
+    # GIVEN a bad engine list, size, slide or share WHEN versus runs in a fresh process
+    argv = [sys.executable, "-m", "harness", "versus", *args, "--out", str(tmp_path / "rep")]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120,
+                          cwd=tmp_path)  # fmt: skip
+    # THEN one line names the problem, exit 2, no traceback, and no report that looks done
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in done.stderr
+    assert not (tmp_path / "rep" / "versus.json").exists()
+
+
+_BROKEN_ENGINE = "def segment(**kwargs):\n    raise RuntimeError('model weights missing')\n"
+
+
+@pytest.mark.parametrize(
+    ("spec", "code", "message"),
+    [
+        pytest.param("nosuchmodule:segment", 2, "cannot import engine", id="import"),
+        pytest.param(
+            "broken:segment", 1, "failed: RuntimeError: model weights missing", id="raises"
+        ),
+    ],
+)
+def test_user_engine_errors_are_one_line(tmp_path, spec, code, message):
+    # GIVEN a user engine that cannot be imported, or raises
+    (tmp_path / "broken.py").write_text(_BROKEN_ENGINE)
+    argv = [sys.executable, "-m", "harness.engines", spec, "s.tiff", "--out", "o.zarr"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120,
+                          cwd=tmp_path)  # fmt: skip
+    # THEN its runner says so in one line, with no traceback and no JSON record
+    assert done.returncode == code, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in done.stderr
+    assert done.stdout.strip() == ""

@@ -28,6 +28,7 @@ _ENGINES_HELP = (
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``versus`` to ``sub``."""
+    from harness.cli.measure import sizes
     from harness.cli.options import DefaultsFormatter
 
     p = sub.add_parser(
@@ -45,7 +46,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("items", nargs="*", metavar="SLIDE|ENGINE",
                    help="TIFF slides to run (or use --sizes); an engine name here is added to "
                    "--engines (versus tiatoolbox ...)")  # fmt: skip
-    p.add_argument("--sizes", nargs="+", default=[], help=_SIZE_HELP)
+    p.add_argument("--sizes", nargs="+", type=sizes, default=[], help=_SIZE_HELP)
     p.add_argument("--out", type=Path, required=True,
                    help="folder for versus.json, .md and .png (relative to here)")  # fmt: skip
     p.add_argument("--engines", default=None, help=_ENGINES_HELP)
@@ -85,14 +86,12 @@ def _split_items(items: list[str]) -> tuple[list[str], list[Path]]:
     return engines, slides
 
 
-def _sizes(tokens: list[str]) -> list[int]:
-    try:
-        sizes = [int(t) for token in tokens for t in token.split(",") if t.strip()]
-    except ValueError:
-        raise ConfigError(f"sizes must be integers, got {' '.join(tokens)!r}") from None
-    if any(s < 256 for s in sizes):
-        raise ConfigError(f"sizes must be at least 256 pixels, got {sizes}")
-    return sizes
+def _sizes(groups: list[tuple[int, ...]]) -> list[int]:
+    """``--sizes 4096,8192 16384`` (parsed by the shared comma parser) as one list, checked."""
+    flat = [size for group in groups for size in group]
+    if any(size < 256 for size in flat):
+        raise ConfigError(f"sizes must be at least 256 pixels, got {flat}")
+    return flat
 
 
 def _pythons(values: list[str]) -> tuple[tuple[str, str], ...]:
