@@ -17,6 +17,7 @@ import pytest
 
 from harness.engines import TIATOOLBOX_PEAK, EngineJob, Ours, TIAToolbox, peer_python
 from harness.errors import ConfigError
+from harness.measure.slides import slide_job
 from harness.peers.compare import (
     UNCOVERED,
     common_grid_extent,
@@ -33,7 +34,6 @@ from harness.peers.versus import (
     SizeResult,
     VersusConfig,
     decide_peer,
-    slide_job,
 )
 
 DEFAULT_PEER_PYTHON = peer_python("tiatoolbox")

@@ -104,14 +104,9 @@ def _pythons(values: list[str]) -> tuple[tuple[str, str], ...]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the study, print the table, write ``versus.json``, ``versus.md`` and ``versus.png``."""
+    from harness.measure.slides import slide_job, synthetic_job
     from harness.peers import report
-    from harness.peers.versus import (
-        DEFAULT_ENGINES,
-        VersusConfig,
-        run_study,
-        slide_job,
-        synthetic_job,
-    )
+    from harness.peers.versus import DEFAULT_ENGINES, VersusConfig, run_study
 
     named, slides = _split_items(args.items)
     sizes = _sizes(args.sizes)

@@ -255,7 +255,7 @@ def _slide(config: ScalingConfig, size: int, engine: Engine) -> str:
     """``synthetic:SxS`` for engines that read it; else a pyramidal TIFF under ``out/slides``."""
     if not engine.needs_file:
         return f"synthetic:{size}x{size}"
-    from harness.peers.versus import synthetic_job
+    from harness.measure.slides import synthetic_job
 
     return str(synthetic_job(size, config.out_dir / "slides", config.segment.plan.mpp or 0.5).path)
 
