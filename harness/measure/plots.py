@@ -41,37 +41,13 @@ def plot_scaling(
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for engine in dict.fromkeys(r.engine for r in records):
-        ok = sorted(
-            (r for r in records if r.engine == engine and r.status == "ok"), key=lambda r: r.size
-        )
-        line = ax.plot(
-            [r.area / 1e6 for r in ok],
-            [(r.peak_rss_bytes or 0) / _MIB for r in ok],
-            marker="o",
-            label=f"{engine} (process-tree peak RSS)",
-        )
-        skipped = [
-            r
-            for r in records
-            if r.engine == engine and r.status == "skipped" and r.predicted_peak_bytes
-        ]
-        if skipped:
-            ax.scatter(
-                [r.area / 1e6 for r in skipped],
-                [(r.predicted_peak_bytes or 0) / _MIB for r in skipped],
-                facecolors="none",
-                edgecolors=line[0].get_color(),
-                label=f"{engine} skipped (predicted)",
-            )
-    baselines = [r.baseline_rss_bytes for r in records if r.baseline_rss_bytes]
-    if baselines:
-        base = max(baselines)
-        ax.axhline(base / _MIB, linestyle=":", color="grey", label="baseline (after imports)")
-        if budget_bytes is not None:
-            ax.axhline((base + budget_bytes) / _MIB, linestyle="--", color="grey",
-                       label="baseline + budget")  # fmt: skip
-    if any(r.status == "ok" or (r.status == "skipped" and r.predicted_peak_bytes) for r in records):
+    drawn = [
+        r for r in records if r.status == "ok" or (r.status == "skipped" and r.predicted_peak_bytes)
+    ]
+    for engine in dict.fromkeys(r.engine for r in drawn):
+        _plot_engine(ax, [r for r in drawn if r.engine == engine], engine)
+    _plot_baseline(ax, records, budget_bytes)
+    if drawn:
         ax.set_xscale("log")
         ax.set_yscale("log")
     else:  # nothing to draw on log axes: say so instead of a blank (or warning) plot
@@ -83,11 +59,44 @@ def plot_scaling(
         title += f"\n{verdict.describe()}"
     ax.set_title(title, fontsize="medium")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
+    if ax.get_legend_handles_labels()[0]:  # matplotlib warns on a legend with nothing in it
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _plot_engine(ax: Any, records: Sequence[ScalingRecord], engine: str) -> None:
+    """One engine's measured peaks (a line) and skipped runs' predictions (hollow markers)."""
+    ok = sorted((r for r in records if r.status == "ok"), key=lambda r: r.size)
+    line = ax.plot(
+        [r.area / 1e6 for r in ok],
+        [(r.peak_rss_bytes or 0) / _MIB for r in ok],
+        marker="o",
+        label=f"{engine} (process-tree peak RSS)",
+    )
+    skipped = [r for r in records if r.status == "skipped"]
+    if skipped:
+        ax.scatter(
+            [r.area / 1e6 for r in skipped],
+            [(r.predicted_peak_bytes or 0) / _MIB for r in skipped],
+            facecolors="none",
+            edgecolors=line[0].get_color(),
+            label=f"{engine} skipped (predicted)",
+        )
+
+
+def _plot_baseline(ax: Any, records: Sequence[ScalingRecord], budget_bytes: int | None) -> None:
+    """The largest measured baseline (dotted) and baseline + budget (dashed)."""
+    baselines = [r.baseline_rss_bytes for r in records if r.baseline_rss_bytes]
+    if not baselines:
+        return
+    base = max(baselines)
+    ax.axhline(base / _MIB, linestyle=":", color="grey", label="baseline (after imports)")
+    if budget_bytes is not None:
+        ax.axhline((base + budget_bytes) / _MIB, linestyle="--", color="grey",
+                   label="baseline + budget")  # fmt: skip
 
 
 def plot_timeline(

@@ -278,31 +278,50 @@ def assert_bounded(
     ConfigError
         An argument is invalid (fewer than two sizes, no ``{size}``, ...).
     """
-    resolved = _resolve(workload)
-    if env and callable(resolved):
-        raise ConfigError("env applies to command workloads; a callable runs with this env")
-    if slides is None and not callable(resolved) and any("{slide}" in a for a in resolved):
-        raise ConfigError("the workload command has a {slide} placeholder but no slides= given")
+    resolved = _checked(workload, env, slides)
     folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="wsi-bounded-"))
     folder.mkdir(parents=True, exist_ok=True)
     study = _Study(
         _sizes(sizes), _growth(max_growth), _safe_name(name), folder, timeout_s, period_s,
         keep_outputs,
     )  # fmt: skip
+    records = _run_sizes(resolved, study, slides, env)
+    report = _report(records, study, plot)
+    if not report.verdict.passed:
+        raise AssertionError(report.describe())
+    return report
+
+
+def _checked(
+    workload: Workload, env: Mapping[str, str] | None, slides: Slides | None
+) -> tuple[str, ...] | Callable[..., object]:
+    """The resolved workload, refused when ``env`` or ``{slide}`` cannot apply to it."""
+    resolved = _resolve(workload)
+    if env and callable(resolved):
+        raise ConfigError("env applies to command workloads; a callable runs with this env")
+    if slides is None and not callable(resolved) and any("{slide}" in a for a in resolved):
+        raise ConfigError("the workload command has a {slide} placeholder but no slides= given")
+    return resolved
+
+
+def _run_sizes(
+    resolved: tuple[str, ...] | Callable[..., object],
+    study: _Study,
+    slides: Slides | None,
+    env: Mapping[str, str] | None,
+) -> list[ScalingRecord]:
+    """One fresh-process run per size, smallest first; the first failure raises with its table."""
     records: list[ScalingRecord] = []
     for size in study.sizes:
         measured = _measure_one(resolved, size, _slide_for(slides, size), study, env)
         records.append(_record(size, study.name, measured))
         if records[-1].status != "ok":
-            write_json(records, None, folder / "bounded.json")
+            write_json(records, None, study.out_dir / "bounded.json")
             raise AssertionError(
                 f"{study.name} failed at size {size}: {records[-1].reason}\n"
                 f"{format_table(records)}\nstderr tail:\n{measured.stderr.strip()[-1500:]}"
             )
-    report = _report(records, study, plot)
-    if not report.verdict.passed:
-        raise AssertionError(report.describe())
-    return report
+    return records
 
 
 @dataclass(frozen=True)
