@@ -532,14 +532,7 @@ def make_plan(
     if keep is not None and region is not None:
         raise ConfigError("keep selects patches of the whole grid; use tissue= with a region")
     window = None if region is None else block.window(config.chunk_hw, out_shape)
-    origins = grid_origins(out_shape, config.out_hw, config.stride_hw, window)
-    n_all = len(origins)
-    if keep is not None:
-        origins = origins[keep]
-    if tissue is not None:
-        from harness.mask import patches_touching
-
-        origins = origins[patches_touching(tissue, origins, config.out_hw, out_shape)]
+    origins, n_all = _selected_origins(out_shape, config, window, keep, tissue)
     n_kept = len(origins)
     owned = int(np.count_nonzero(_owned(origins, config.chunk_hw, block)))
     todo = _todo(grid, region, done)
@@ -564,6 +557,26 @@ def make_plan(
         n_unique=n_unique, patches_masked_out=n_all - n_kept, window=window_w, region=region,
         todo=todo, patches_done=n_kept - n_unique, strip_col0=block.c0, owned_kept=owned,
     )  # fmt: skip
+
+
+def _selected_origins(
+    out_shape: Pair,
+    config: PlanConfig,
+    window: Window | None,
+    keep: NDArray[np.bool_] | None,
+    tissue: NDArray[np.bool_] | None,
+) -> tuple[NDArray[np.int64], int]:
+    """The grid's origins in ``window`` that ``keep`` and the ``tissue`` mask select, and how
+    many the grid had before selection."""
+    origins = grid_origins(out_shape, config.out_hw, config.stride_hw, window)
+    n_all = len(origins)
+    if keep is not None:
+        origins = origins[keep]
+    if tissue is not None:
+        from harness.mask import patches_touching
+
+        origins = origins[patches_touching(tissue, origins, config.out_hw, out_shape)]
+    return origins, n_all
 
 
 def _owned(origins: NDArray[np.int64], chunk_hw: Pair, block: Region) -> NDArray[np.bool_]:
