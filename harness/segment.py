@@ -32,7 +32,7 @@ from harness.config import Engine, RunConfig
 from harness.errors import ConfigError
 from harness.identity import provenance, run_identity, slide_source
 from harness.inference import ModelOutputError, load, prepare
-from harness.interrupt import Interrupted, StopRequest, stop_on_signals
+from harness.interrupt import StopRequest, stop_on_signals
 from harness.mask import resolve_mask
 from harness.measure.runner import write_baseline
 from harness.output.session import OutputSession, StoreSpec, open_for_run
@@ -128,30 +128,37 @@ def segment(
     t_inf = time.time()
     try:
         with _signals(stop) as stop:
-            if client is not None:
-                from harness.distributed import run_on_client
-
-                bar = _bar(run, opened.total_patches)
-                blocks, workers = run_on_client(client, job, session, stop, bar)
-            else:
-                bar = _bar(run, opened.total_patches)
-                with bar:
-                    model_pair = (opened.spec, opened.channels)
-                    blocks = [run_block(job, slide=opened.slide, model=model_pair,
-                                        on_patches=bar.update, stop=stop)]  # fmt: skip
-                workers = {}
+            blocks, workers = _run_blocks(client, job, session, stop, opened, run)
         t_fin = time.time()
         result = _result(str(out), opened, run, split, blocks, workers, session,
                          (t0, t_plan, t_inf, t_fin, time.time()))  # fmt: skip
         session.finish({"chunks_written": result.chunks_written, "ended": time.time(),
                         "result": _summary(result)})  # fmt: skip
-    except Interrupted:
-        session.close(remove_state=False)
-        raise
-    except BaseException:
+    except BaseException:  # an interrupt included: keep the progress record for --resume
         session.close(remove_state=False)
         raise
     return result
+
+
+def _run_blocks(
+    client: Any,
+    job: BlockJob,
+    session: OutputSession,
+    stop: StopRequest,
+    opened: _Opened,
+    run: RunConfig,
+) -> tuple[list[BlockResult], dict[str, Any]]:
+    """The output's blocks on ``client``'s cluster, or here as one block; progress on a bar."""
+    bar = _bar(run, opened.total_patches)
+    if client is not None:
+        from harness.distributed import run_on_client
+
+        return run_on_client(client, job, session, stop, bar)
+    with bar:
+        model_pair = (opened.spec, opened.channels)
+        block = run_block(job, slide=opened.slide, model=model_pair, on_patches=bar.update,
+                          stop=stop)  # fmt: skip
+    return [block], {}
 
 
 @contextlib.contextmanager
