@@ -32,6 +32,19 @@ batch faults them in again: 1.0 M minor faults and 5 s of sys time at 8192² wit
 the tiny model, 28 % slower than never trimming. The growth trigger keeps both:
 320.2 / 318.6 MiB on the same runs, whatever their length, and a steady heap is
 never trimmed (2-5 trims in the 497 batches at 8192²).
+
+Why the reference is the *highest* RSS of the first :data:`SETTLE` batches. A
+run's working set is not flat from batch to batch: merge accumulators come and
+go with the strip, the block cache fills and turns over, the writer's queue
+holds more or fewer chunks. Taking the reference from the first batch after a
+trim caught it at a low point as often as not, and the next ordinary high point
+(20-30 MiB above it) triggered another trim: 20-59 trims in those 497 batches
+(issue 15's profile), each faulting the batch buffers back in (300-870 k minor
+faults, 4.5-6.7 s of sys time, against 89 k faults in a run that happened not to
+trim), while RSS stayed at 365-388 MiB throughout. The maximum over the settling
+window is the working set's own range; only growth past it by :data:`SLACK` is
+the creep the trim is for. While settling, a trim still fires if RSS passes the
+level that caused the last one by the slack, so no window is unbounded.
 """
 
 from __future__ import annotations
@@ -53,6 +66,8 @@ ARENAS = 2
 """malloc arenas: the main thread's and one for the writer and loader threads."""
 SLACK = 32 << 20
 """RSS growth since the last trim that triggers the next one."""
+SETTLE = 16
+"""Batches after a start or a trim whose highest RSS is the reference."""
 SLACK_ENV = "WSI_HARNESS_HEAP_SLACK"
 """Environment variable overriding :data:`SLACK` (a byte size: ``32MiB``; ``1TB`` never trims)."""
 
@@ -89,16 +104,22 @@ def default_slack() -> int:
 class HeapTrimmer:
     """Call ``malloc_trim(0)`` when RSS has grown ``slack`` bytes (a no-op off glibc).
 
-    The reference level is the RSS at the first tick after construction or after
-    a trim, so the buffers one batch faults back in after a trim are not growth.
+    The reference level is the highest RSS of the first ``settle`` ticks after
+    construction or after a trim (the working set's own range, see the module
+    notes); during those ticks the ceiling is the RSS that caused the last trim
+    (at construction: the first tick's), plus ``slack``.
     """
 
-    def __init__(self, slack: int | None = None) -> None:
+    def __init__(self, slack: int | None = None, settle: int = SETTLE) -> None:
         slack = default_slack() if slack is None else slack
         if slack < 0:
             raise ValueError(f"slack must be >= 0 bytes, got {slack}")
-        self.slack, self.trims = slack, 0
-        self.reference: int | None = None
+        if settle < 1:
+            raise ValueError(f"settle must be >= 1 tick, got {settle}")
+        self.slack, self.settle, self.trims = slack, settle, 0
+        self.reference: int | None = None  # highest RSS of the settling ticks so far
+        self.ceiling: int | None = None  # while settling: the RSS that caused the last trim
+        self._settling = settle
         self._libc = _libc()
 
     def tick(self) -> None:
@@ -106,9 +127,18 @@ class HeapTrimmer:
         if self._libc is None:
             return
         rss = current_rss_bytes()
-        if self.reference is None or rss < self.reference:
-            self.reference = rss
-        elif rss > self.reference + self.slack:
-            self._libc.malloc_trim(0)
-            self.trims += 1
-            self.reference = None
+        if self.ceiling is None:
+            self.ceiling = rss
+        if self._settling > 0:
+            self._settling -= 1
+            if rss > self.ceiling + self.slack:
+                self._trim(rss)
+            else:
+                self.reference = max(self.reference or 0, rss)
+        elif self.reference is not None and rss > self.reference + self.slack:
+            self._trim(rss)
+
+    def _trim(self, rss: int) -> None:
+        self._libc.malloc_trim(0)
+        self.trims += 1
+        self.reference, self.ceiling, self._settling = None, rss, self.settle

@@ -239,8 +239,9 @@ def test_heap_trimmer_trims_only_when_rss_grows_past_the_slack(
     from harness.measure import current_rss_bytes
 
     assert configure()  # glibc on the machines this runs on
-    _libc().malloc_trim(0)  # free heap pages resident from earlier tests would hide growth
-    trimmer = HeapTrimmer(slack=8 << 20)
+    libc = _libc()
+    libc.malloc_trim(0)  # free heap pages resident from earlier tests would hide growth
+    trimmer = HeapTrimmer(slack=8 << 20, settle=2)
     for _ in range(3):  # a steady heap is never trimmed
         trimmer.tick()
     assert trimmer.trims == 0
@@ -250,8 +251,26 @@ def test_heap_trimmer_trims_only_when_rss_grows_past_the_slack(
     trimmer.tick()
     assert trimmer.trims == 1 and trimmer.reference is None
     del grown
-    trimmer.tick()  # the first tick after a trim sets the new reference
+    libc.malloc_trim(0)  # what the trim left resident would hide the working set below
+    # The reference is the highest RSS of the settling ticks, not the first: a working
+    # set that dips and comes back is not growth (the first tick's RSS would have been).
+    trimmer.tick()  # low
+    wobble = np.ones(6 << 20, np.uint8)
+    trimmer.tick()  # high: the reference
+    del wobble
+    libc.malloc_trim(0)
     assert trimmer.trims == 1 and trimmer.reference is not None
+    low = current_rss_bytes()
+    back = np.ones(12 << 20, np.uint8)  # 12 MiB over the low point, about 6 over the high
+    assert current_rss_bytes() - low >= 10 << 20
+    trimmer.tick()
+    assert trimmer.trims == 1
+    more = np.ones(12 << 20, np.uint8)  # now well past the high point plus the slack
+    trimmer.tick()
+    assert trimmer.trims == 2
+    del back, more
+    with pytest.raises(ValueError, match="settle"):
+        HeapTrimmer(settle=0)
     with pytest.raises(ValueError, match="slack"):
         HeapTrimmer(slack=-1)
     monkeypatch.setenv(SLACK_ENV, "3MiB")
