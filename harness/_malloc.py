@@ -124,7 +124,8 @@ class HeapTrimmer:
 
     def tick(self) -> None:
         """After one batch: trim if RSS is more than ``slack`` over the reference."""
-        if self._libc is None:
+        libc = self._libc
+        if libc is None:
             return
         rss = current_rss_bytes()
         if self.ceiling is None:
@@ -132,13 +133,13 @@ class HeapTrimmer:
         if self._settling > 0:
             self._settling -= 1
             if rss > self.ceiling + self.slack:
-                self._trim(rss)
+                self._trim(libc, rss)
             else:
                 self.reference = max(self.reference or 0, rss)
         elif self.reference is not None and rss > self.reference + self.slack:
-            self._trim(rss)
+            self._trim(libc, rss)
 
-    def _trim(self, rss: int) -> None:
-        self._libc.malloc_trim(0)
+    def _trim(self, libc: Any, rss: int) -> None:
+        libc.malloc_trim(0)
         self.trims += 1
         self.reference, self.ceiling, self._settling = None, rss, self.settle
