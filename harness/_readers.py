@@ -54,8 +54,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from harness.errors import HarnessError, SlideError
-from harness.slides.base import CachedSlide
+from harness.errors import HarnessError
+from harness.slides.base import CachedSlide, read_into
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -158,17 +158,10 @@ def share_need(slide: CachedSlide, config: PlanConfig, widths: list[int], scale:
 
 def fill(slide: Slide, plan: Plan, entries: NDArray[np.int64], slot: NDArray[np.uint8]) -> None:
     """Read plan ``entries`` (all in one batch) into their places of ``slot``."""
-    ph, pw = plan.config.patch_hw
     mpp = plan.config.mpp
     batch_size = slot.shape[0]
     for i in entries:
-        box = plan.input_box(int(i))
-        patch = slide.read(box, mpp)
-        if patch.shape != (ph, pw, 3):
-            raise SlideError(
-                f"slide read of {box} at mpp {mpp} gave {patch.shape}, expected {(ph, pw, 3)}"
-            )
-        slot[int(i) % batch_size] = patch
+        read_into(slide, plan.input_box(int(i)), mpp, slot[int(i) % batch_size])
 
 
 class Gate(Protocol):

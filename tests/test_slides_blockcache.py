@@ -9,10 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.errors import SlideError
 from harness.plan import PlanConfig, make_plan
 from harness.slides import SyntheticSlide
 from harness.slides._blockcache import BLOCK_HW, BlockCache
-from harness.slides.base import CachedSlide
+from harness.slides.array import ArraySlide
+from harness.slides.base import CachedSlide, read_into
 
 SHAPE = (2000, 2600)
 
@@ -77,6 +79,39 @@ def test_reads_off_the_lattice_are_direct(
     # THEN the cache was bypassed and the pixels are the direct ones
     assert cached.cache.tiles.misses == 0 and cached.cache.tiles.hits == 0
     assert np.array_equal(out, direct.read(box, mpp))
+
+
+@pytest.mark.parametrize(
+    ("box", "mpp"),
+    [
+        pytest.param((512, 256, 256, 256), 0.5, id="aligned-within-four-blocks"),
+        pytest.param((-100, 1900, 256, 256), 0.5, id="over-the-corner-padded"),
+        pytest.param((200, 100, 512, 512), 1.0, id="step-2"),
+        pytest.param((101, 40, 256, 256), 0.7, id="off-the-lattice-direct"),
+    ],
+)
+def test_read_into_a_slot_equals_read(
+    cached: SyntheticSlide, direct: SyntheticSlide, box: tuple[int, int, int, int], mpp: float
+) -> None:
+    # GIVEN a slot of a batch (a view into a bigger array, as the loader's ring is)
+    expect = direct.read(box, mpp)
+    ring = np.zeros((2, *expect.shape), dtype=np.uint8)
+    # WHEN the read is written into it, from blocks where it can be
+    read_into(cached, box, mpp, ring[1])
+    # THEN the slot holds the read's bytes and the other slot is untouched
+    assert np.array_equal(ring[1], expect)
+    assert not ring[0].any()
+
+
+def test_read_into_a_slot_of_another_shape_is_one_slide_error(cached: SyntheticSlide) -> None:
+    # GIVEN a slot one row short of the read (numpy would broadcast a 1-row read into it)
+    slot = np.zeros((255, 256, 3), dtype=np.uint8)
+    # WHEN / THEN reading into it names the read and both shapes, for cached and plain slides
+    with pytest.raises(SlideError, match=r"gave \(256, 256, 3\), expected \(255, 256, 3\)"):
+        read_into(cached, (0, 0, 256, 256), 0.5, slot)
+    plain = ArraySlide(np.zeros((300, 300, 3), dtype=np.uint8), mpp=0.5)
+    with pytest.raises(SlideError, match="expected"):
+        read_into(plain, (0, 0, 1, 256), 0.5, np.zeros((256, 256, 3), dtype=np.uint8))
 
 
 def test_a_window_agrees_with_the_blocks_covering_it() -> None:

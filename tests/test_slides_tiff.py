@@ -14,6 +14,7 @@ from PIL import Image
 
 from harness.errors import ConfigError, SlideError
 from harness.slides import SyntheticSlide, TiffSlide, open_slide, write_tiff
+from harness.slides.base import read_into
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -85,6 +86,29 @@ def test_area_downsampling_from_a_level(source, written) -> None:  # type: ignor
     quarter = slide.read((0, 0, 1024, 1024), mpp=2.0)
     blocks = level1.reshape(256, 2, 256, 2, 3).astype(np.uint32).sum(axis=(1, 3))
     assert np.array_equal(quarter, ((blocks + 2) // 4).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("box", "mpp"),
+    [
+        pytest.param((300, 200, 256, 256), 0.5, id="level-0-inside"),
+        pytest.param((1400, 1000, 256, 256), 0.5, id="level-0-over-the-corner"),
+        pytest.param((-300, -300, 200, 200), 0.5, id="off-the-slide"),
+        pytest.param((0, 0, 512, 512), 1.0, id="level-1-as-stored"),
+        pytest.param((0, 0, 1000, 1000), 0.75, id="resampled"),
+        pytest.param((0, 0, 1024, 1024), 2.0, id="area-downsampled"),
+    ],
+)
+def test_read_into_a_slot_equals_read(written, box, mpp: float) -> None:  # type: ignore[no-untyped-def]
+    # GIVEN a slot of a batch, dirty from a previous patch (the loader reuses its ring)
+    slide = TiffSlide(written["jpeg"])
+    expect = TiffSlide(written["jpeg"]).read(box, mpp)
+    slot = np.full((2, *expect.shape), 7, dtype=np.uint8)
+    # WHEN the read is written into it
+    read_into(slide, box, mpp, slot[0])
+    # THEN it holds exactly the read's pixels (glass where the box leaves the slide)
+    assert np.array_equal(slot[0], expect)
+    assert (slot[1] == 7).all()
 
 
 def test_outside_is_white(written) -> None:  # type: ignore[no-untyped-def]

@@ -117,12 +117,16 @@ class BlockCache:
         return k if box[0] % k == 0 and box[1] % k == 0 else None
 
     def read(
-        self, box: Box, mpp: float | None, fetch: Callable[[Box, float | None], NDArray[np.uint8]]
-    ) -> NDArray[np.uint8] | None:
+        self, box: Box, mpp: float | None, fetch: Callable[[Box, float | None], NDArray[np.uint8]],
+        out: NDArray[np.uint8] | None = None,
+    ) -> NDArray[np.uint8] | None:  # fmt: skip
         """``box`` at ``mpp`` cut from cached blocks (``fetch`` makes a missing one), or ``None``.
 
         ``None`` means "read it directly": the cache is off, or the read's
-        samples are not block samples (see the module notes).
+        samples are not block samples (see the module notes), or ``out`` is given
+        and is not the read's ``(h, w, 3)``. With ``out`` (e.g. a batch slot) the
+        pieces are copied straight into it and it is returned: one copy per pixel,
+        no allocation.
         """
         if self.tiles.max_bytes == 0:
             return None
@@ -130,7 +134,10 @@ class BlockCache:
         if s is None:
             return None
         h, w = output_size(box, self.slide_mpp, mpp)
-        out = np.empty((h, w, 3), dtype=np.uint8)
+        if out is None:
+            out = np.empty((h, w, 3), dtype=np.uint8)
+        elif out.shape != (h, w, 3):
+            return None
         y0, x0 = box[1] // s, box[0] // s  # the first sample, in samples of step s
         for by, bx, src, dst in self._pieces(y0, x0, h, w):
             block = self.tiles.get((s, by, bx), partial(fetch, self._box(by, bx, s), mpp))

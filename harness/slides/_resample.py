@@ -53,9 +53,8 @@ def read_resampled(
     scale = 1.0 if mpp is None else mpp / slide_mpp
     level = best_level(downsamples, scale)
     d = downsamples[level]
-    ratio = scale / d
-    r = round(ratio)
-    if r >= 1 and abs(ratio - r) <= _TOLERANCE * ratio:
+    r = whole_ratio(scale / d)
+    if r is not None:
         lx, ly = math.floor(x / d + 1e-9), math.floor(y / d + 1e-9)
         region = read_level(level, lx, ly, ow * r, oh * r)
         return region if r == 1 else _area(region, r)
@@ -65,6 +64,29 @@ def read_resampled(
         level, int(cols[0]), int(rows[0]), int(cols[-1] - cols[0]) + 1, int(rows[-1] - rows[0]) + 1
     )
     return region[np.ix_(rows - rows[0], cols - cols[0])]
+
+
+def whole_ratio(ratio: float) -> int | None:
+    """``ratio`` as a whole number of level pixels per output pixel, or None if it is not one."""
+    r = round(ratio)
+    return r if r >= 1 and abs(ratio - r) <= _TOLERANCE * ratio else None
+
+
+def level_window(
+    downsamples: tuple[float, ...], slide_mpp: float, box: Box, mpp: float | None
+) -> tuple[int, int, int] | None:
+    """``(level, x, y)`` when :func:`read_resampled` would return a level's pixels as stored.
+
+    That is a read at one stored level's own scale: its output is the level's
+    ``(h, w)`` window at ``(x, y)``, nothing resampled, so a caller may copy the
+    window straight into a buffer of its own. None for any other read.
+    """
+    scale = 1.0 if mpp is None else mpp / slide_mpp
+    level = best_level(downsamples, scale)
+    d = downsamples[level]
+    if whole_ratio(scale / d) != 1:
+        return None
+    return level, math.floor(box[0] / d + 1e-9), math.floor(box[1] / d + 1e-9)
 
 
 def _area(region: NDArray[np.uint8], r: int) -> NDArray[np.uint8]:

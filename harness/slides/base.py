@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from harness.errors import SlideError
+
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
@@ -47,6 +49,30 @@ class Slide(Protocol):
     def read(self, box: Box, mpp: float | None = None) -> NDArray[np.uint8]:
         """Read ``box`` (level-0 pixels) resampled to ``mpp`` (default: level 0)."""
         ...
+
+
+def read_into(slide: Slide, box: Box, mpp: float | None, out: NDArray[np.uint8]) -> None:
+    """``slide.read(box, mpp)`` written into ``out``, an ``(h, w, 3)`` uint8 array (a batch slot).
+
+    A slide with its own ``read_into`` (one that assembles reads from cached
+    blocks) copies its pixels straight into ``out``; any other is read and
+    copied. A read of another shape is a :class:`~harness.errors.SlideError`,
+    never broadcast into ``out``.
+    """
+    own = getattr(slide, "read_into", None)
+    if own is not None:
+        own(box, mpp, out)
+    else:
+        put(out, slide.read(box, mpp), box, mpp)
+
+
+def put(out: NDArray[np.uint8], pixels: NDArray[np.uint8], box: Box, mpp: float | None) -> None:
+    """``out[...] = pixels`` when the shapes agree; a :class:`~harness.errors.SlideError` if not."""
+    if pixels.shape != out.shape:
+        raise SlideError(
+            f"slide read of {box} at mpp {mpp} gave {pixels.shape}, expected {out.shape}"
+        )
+    out[...] = pixels
 
 
 def output_size(box: Box, slide_mpp: float, mpp: float | None) -> tuple[int, int]:

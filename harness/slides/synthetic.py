@@ -53,7 +53,7 @@ from harness.slides import _artefacts as art
 from harness.slides._blockcache import DEFAULT_LIMIT, BlockCache
 from harness.slides._decide import exceeds, field_at, levels, tolerance, where
 from harness.slides._noise import Octave, field, hash2, mix_key, periodic_tile
-from harness.slides.base import PAD_VALUE, Box, output_size
+from harness.slides.base import PAD_VALUE, Box, output_size, put
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -289,6 +289,11 @@ class SyntheticSlide:
         """
         cut = self._blocks.read(box, mpp, self._read_direct)
         return cut if cut is not None else self._read_direct(box, mpp)
+
+    def read_into(self, box: Box, mpp: float | None, out: NDArray[np.uint8]) -> None:
+        """:meth:`read` written into ``out``: cut there from the blocks (see :func:`read_into`)."""
+        if self._blocks.read(box, mpp, self._read_direct, out) is None:
+            put(out, self._read_direct(box, mpp), box, mpp)
 
     def _read_direct(self, box: Box, mpp: float | None) -> NDArray[np.uint8]:
         """Render ``box`` itself (no cache)."""

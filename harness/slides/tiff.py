@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from harness.errors import ConfigError, SlideError
 from harness.slides._cache import TileCache
-from harness.slides._resample import composite_on_white, read_resampled
-from harness.slides.base import PAD_VALUE, Box
+from harness.slides._resample import composite_on_white, level_window, read_resampled
+from harness.slides.base import PAD_VALUE, Box, output_size, put
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -300,17 +300,36 @@ class TiffSlide:
 
     def read(self, box: Box, mpp: float | None = None) -> NDArray[np.uint8]:
         """Read ``box`` at ``mpp`` from the best level; white outside the slide."""
-        if self._pid != os.getpid() or self._fd < 0:  # forked (or closed): use our own handles
-            self.close()
-            self._open()
+        self._own_handles()
         return read_resampled(self._read_level, self.downsamples, self._mpp, box, mpp)
 
-    def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> NDArray[np.uint8]:
+    def read_into(self, box: Box, mpp: float | None, out: NDArray[np.uint8]) -> None:
+        """:meth:`read` into ``out``: a level's tiles copied there when nothing resamples."""
+        window = level_window(self.downsamples, self._mpp, box, mpp)
+        if window is None or out.shape != (*output_size(box, self._mpp, mpp), 3):
+            put(out, self.read(box, mpp), box, mpp)
+            return
+        self._own_handles()
+        level, x, y = window
+        self._read_level(level, x, y, out.shape[1], out.shape[0], out)
+
+    def _own_handles(self) -> None:
+        """Reopen the file in a forked (or closed) slide: never share another process's fd."""
+        if self._pid != os.getpid() or self._fd < 0:
+            self.close()
+            self._open()
+
+    def _read_level(
+        self, level: int, x: int, y: int, w: int, h: int, out: NDArray[np.uint8] | None = None
+    ) -> NDArray[np.uint8]:
         lv = self._levels[level]
-        out = np.full((h, w, 3), PAD_VALUE, dtype=np.uint8)
         sh, sw = lv.segment
         y0, y1 = max(y, 0), min(y + h, lv.shape[0])
         x0, x1 = max(x, 0), min(x + w, lv.shape[1])
+        if out is None:
+            out = np.full((h, w, 3), PAD_VALUE, dtype=np.uint8)
+        elif (y0, y1, x0, x1) != (y, y + h, x, x + w):  # part of it is off the level: glass
+            out[...] = PAD_VALUE
         for ty in range(y0 // sh, -(-y1 // sh)):
             for tx in range(x0 // sw, -(-x1 // sw)):
                 seg = self.cache.get((level, ty, tx), partial(self._decode, level, ty, tx))
