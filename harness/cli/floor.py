@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     add_run_arguments(p, skip=("overwrite", "resume", "progress"))
     p.add_argument("--scratch", type=Path, default=None,
                    help="folder for the outputs (default: a temporary one, removed)")  # fmt: skip
+    p.add_argument("--rounds", type=_rounds, default=1,
+                   help="measure the parts and the run N times, interleaved, and report "
+                   "medians and each round's ratio (default 1; 3 on a shared machine)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run_floor)
 
@@ -42,9 +45,22 @@ def run_floor(args: argparse.Namespace) -> int:
     policy.apply(run.threads)
     if args.scratch is not None:
         args.scratch.mkdir(parents=True, exist_ok=True)
-        report = measure_floor(args.slide, run, args.scratch)
+        report = measure_floor(args.slide, run, args.scratch, args.rounds)
     else:
         with tempfile.TemporaryDirectory(prefix="wsi-floor-") as tmp:
-            report = measure_floor(args.slide, run, Path(tmp))
+            report = measure_floor(args.slide, run, Path(tmp), args.rounds)
     print(json.dumps(report.to_dict()) if args.json else report.table())
     return 0
+
+
+def _rounds(text: str) -> int:
+    """``--rounds``: a whole number of at least 1."""
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--rounds needs a whole number >= 1, got {text!r}")
+    return n

@@ -31,6 +31,16 @@ The parts
     :func:`harness.merge.finalise` of every output chunk once.
 ``write``
     One whole-chunk write of every output chunk into a fresh zarr store.
+
+Rounds
+------
+On a shared machine one run's CPU seconds move by 10-20 % with the
+neighbours (the end-to-end run's system time alone varied 5-13 s between
+identical 16384² runs here), more than the gaps this report is for. With
+``rounds=N`` the parts and the end-to-end run are measured N times,
+interleaved (parts, run, parts, run, ...), so slow spells hit both sides; the
+report gives each part's median, the end-to-end median, and every round's own
+ratio, whose spread is the noise.
 """
 
 from __future__ import annotations
@@ -78,6 +88,8 @@ class FloorReport:
     patches: int
     parts: tuple[Part, ...]
     end_to_end: Part
+    round_ratios: tuple[tuple[float, float], ...] = ()
+    """``(wall, CPU)`` ratio of each round, when measured over several (the medians above)."""
 
     @property
     def floor_wall_s(self) -> float:
@@ -118,6 +130,10 @@ class FloorReport:
         lines += [f"{n:<12} {w:>8.2f} {c:>8.2f}  {what}" for n, w, c, what in rows]
         lines.append(f"{'ratio':<12} {self.wall_ratio:>7.2f}x {self.cpu_ratio:>7.2f}x  "
                      "end to end / floor")  # fmt: skip
+        if len(self.round_ratios) > 1:
+            each = ", ".join(f"{w:.2f}x / {c:.2f}x" for w, c in self.round_ratios)
+            lines.append(f"medians of {len(self.round_ratios)} interleaved rounds; "
+                         f"each round's wall / CPU ratio: {each}")  # fmt: skip
         return "\n".join(lines)
 
 
@@ -133,24 +149,51 @@ def _cpu() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def measure_floor(slide: str, run: RunConfig, scratch: Path) -> FloorReport:
+def measure_floor(slide: str, run: RunConfig, scratch: Path, rounds: int = 1) -> FloorReport:
     """Measure every part of ``run`` on ``slide`` alone, then the run end to end.
 
     ``scratch`` receives the outputs (the floor's write and the end-to-end run).
+    With ``rounds > 1`` both are measured that many times, interleaved, and the
+    report holds the medians (see the module notes).
     """
     from harness.inference import load, prepare
     from harness.plan import make_plan
     from harness.slides import open_slide
 
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     parts_slide = open_slide(slide, mpp=run.slide_mpp)
     spec = load(run)
     channels = prepare(spec, run.plan, run.device)
     plan = make_plan(parts_slide.shape, parts_slide.mpp, run.plan, channels, 2**50,
                      _mask(run, parts_slide), strips=False)  # fmt: skip
-    parts = _parts(parts_slide, plan, spec, run, scratch)
-    e2e = _end_to_end(slide, run, scratch)
-    return FloorReport(slide, spec.name, run.workers, run.batch_size, plan.n_patches,
-                       tuple(parts), e2e)  # fmt: skip
+    measured = []
+    for r in range(rounds):
+        tag = "" if rounds == 1 else f"-{r + 1}"
+        measured.append((_parts(parts_slide, plan, spec, run, scratch, tag),
+                         _end_to_end(slide, run, scratch, tag)))  # fmt: skip
+    reports = [FloorReport(slide, spec.name, run.workers, run.batch_size, plan.n_patches,
+                           tuple(parts), e2e) for parts, e2e in measured]  # fmt: skip
+    return combine(reports)
+
+
+def combine(reports: list[FloorReport]) -> FloorReport:
+    """Rounds of one configuration as one report: per-part medians, and each round's ratios."""
+    if len(reports) == 1:
+        return reports[0]
+    first = reports[0]
+    return FloorReport(
+        first.slide, first.model, first.workers, first.batch_size, first.patches,
+        tuple(_median([r.parts[i] for r in reports]) for i in range(len(first.parts))),
+        _median([r.end_to_end for r in reports]),
+        tuple((r.wall_ratio, r.cpu_ratio) for r in reports),
+    )  # fmt: skip
+
+
+def _median(parts: list[Part]) -> Part:
+    """One part of several rounds: median wall and median CPU (the first round's description)."""
+    return Part(parts[0].name, float(np.median([p.wall_s for p in parts])),
+                float(np.median([p.cpu_s for p in parts])), parts[0].work)  # fmt: skip
 
 
 def _mask(run: RunConfig, slide: Slide) -> NDArray[np.bool_] | None:
@@ -159,7 +202,9 @@ def _mask(run: RunConfig, slide: Slide) -> NDArray[np.bool_] | None:
     return resolve_mask(run.mask, slide)
 
 
-def _parts(slide: Slide, plan: Plan, spec: ModelSpec, run: RunConfig, scratch: Path) -> list[Part]:
+def _parts(
+    slide: Slide, plan: Plan, spec: ModelSpec, run: RunConfig, scratch: Path, tag: str = ""
+) -> list[Part]:
     """Every part of :data:`PARTS`, in order, each timed alone (imports and warm-up before)."""
     import harness.loader
     import harness.merge
@@ -186,15 +231,16 @@ def _parts(slide: Slide, plan: Plan, spec: ModelSpec, run: RunConfig, scratch: P
         )
     )
     parts.append(Part("finalise", fin_wall, fin_cpu, f"{_touched(plan):,} chunks"))
-    wall, cpu, _ = timed(lambda: write_all(plan, run, probs_hwc, labels, scratch / "floor.zarr"))
+    out = scratch / f"floor{tag}.zarr"
+    wall, cpu, _ = timed(lambda: write_all(plan, run, probs_hwc, labels, out))
     parts.append(Part("write", wall, cpu, f"{_touched(plan):,} chunks, {run.dtype}"))
     return parts
 
 
-def _end_to_end(slide: str, run: RunConfig, scratch: Path) -> Part:
+def _end_to_end(slide: str, run: RunConfig, scratch: Path, tag: str = "") -> Part:
     from harness.segment import segment
 
-    out = scratch / "end-to-end.zarr"
+    out = scratch / f"end-to-end{tag}.zarr"
     wall, cpu, result = timed(
         lambda: segment(slide, out=out, run=run.replace(overwrite=True, progress=False))
     )
