@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from harness.measure.floor import PARTS, FloorReport, Part, _blocks_touched, combine, read_once
 from harness.plan import PlanConfig, make_plan
 from harness.slides import open_slide
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 CFG = PlanConfig(patch=64, stride=32, chunk=64, mpp=0.5)
 
@@ -30,13 +34,18 @@ def test_read_once_reads_every_covered_pixel_once() -> None:
     assert read_once(slide, corner) < 700 * 500
 
 
-def test_floor_cli_reports_every_part_and_the_ratio(tmp_path) -> None:
-    argv = [sys.executable, "-m", "harness", "floor", "synthetic:768,seed=2", "--model",
-            "tiny-cnn", "--patch", "64", "--stride", "32", "--chunk", "64", "--workers", "1",
-            "--scratch", str(tmp_path), "--json"]  # fmt: skip
+def _floor_json(slide: str, scratch: Path, *args: str) -> dict[str, Any]:
+    """``wsi-harness floor SLIDE --json`` at 64 px patches in a fresh process."""
+    argv = [sys.executable, "-m", "harness", "floor", slide, "--patch", "64", "--stride", "32",
+            "--chunk", "64", "--scratch", str(scratch), "--json", *args]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def test_floor_cli_reports_every_part_and_the_ratio(tmp_path) -> None:
+    report = _floor_json("synthetic:768,seed=2", tmp_path, "--model", "tiny-cnn", "--workers", "1")
     assert [p["name"] for p in report["parts"]] == list(PARTS)
     assert all(p["wall_s"] >= 0 and p["cpu_s"] >= 0 for p in report["parts"])
     assert report["parts"][2]["cpu_s"] > 0  # the model really ran
@@ -48,12 +57,8 @@ def test_floor_cli_reports_every_part_and_the_ratio(tmp_path) -> None:
 
 def test_floor_rounds_interleave_and_report_medians_with_each_round(tmp_path) -> None:
     # GIVEN two rounds of a small floor
-    argv = [sys.executable, "-m", "harness", "floor", "synthetic:512,seed=3", "--model",
-            "passthrough", "--patch", "64", "--stride", "32", "--chunk", "64", "--rounds", "2",
-            "--scratch", str(tmp_path), "--json"]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    report = _floor_json("synthetic:512,seed=3", tmp_path, "--model", "passthrough",
+                         "--rounds", "2")  # fmt: skip
     # THEN every round ran its own parts and its own run
     for r in (1, 2):
         assert (tmp_path / f"floor-{r}.zarr").is_dir()
