@@ -144,3 +144,12 @@ class FloorRatio:
         return float(self.report["end_to_end"]["wall_s"])
 
     track_end_to_end_wall.unit = "seconds"  # type: ignore[attr-defined]
+
+    def track_end_to_end_sys(self, cache: dict[str, Any], size: int, model: str, workers: int):
+        """System (kernel) CPU seconds of the run: file creation, faults (docs/loader.md)."""
+        sys_s = self.report["end_to_end"].get("sys_s")
+        if sys_s is None:
+            raise NotImplementedError("this commit's floor report has no system time")
+        return float(sys_s)
+
+    track_end_to_end_sys.unit = "seconds"  # type: ignore[attr-defined]

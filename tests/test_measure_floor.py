@@ -52,6 +52,10 @@ def test_floor_cli_reports_every_part_and_the_ratio(tmp_path) -> None:
     e2e = report["end_to_end"]
     assert e2e["wall_s"] > 0 and report["workers"] == 1
     assert np.isclose(report["cpu_ratio"], e2e["cpu_s"] / report["floor_cpu_s"])
+    # the kernel's share is reported beside the CPU it is part of
+    write = report["parts"][-1]
+    assert 0 <= e2e["sys_s"] <= e2e["cpu_s"] and 0 <= write["sys_s"] <= write["cpu_s"]
+    assert np.isclose(report["floor_sys_s"], sum(p["sys_s"] for p in report["parts"]))
     assert (tmp_path / "end-to-end.zarr").is_dir() and (tmp_path / "floor.zarr").is_dir()
 
 

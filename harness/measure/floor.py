@@ -69,12 +69,13 @@ PARTS = ("read_once", "preprocess", "forward", "merge_adds", "finalise", "write"
 
 @dataclass(frozen=True)
 class Part:
-    """One measured piece: wall and CPU seconds, and what it did."""
+    """One measured piece: wall and CPU seconds (``sys_s`` of that CPU in the kernel), its work."""
 
     name: str
     wall_s: float
     cpu_s: float
     work: str
+    sys_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,11 @@ class FloorReport:
         return sum(p.cpu_s for p in self.parts)
 
     @property
+    def floor_sys_s(self) -> float:
+        """System (kernel) CPU seconds of the parts."""
+        return sum(p.sys_s for p in self.parts)
+
+    @property
     def wall_ratio(self) -> float:
         """End-to-end wall over the floor's wall."""
         return self.end_to_end.wall_s / max(self.floor_wall_s, 1e-9)
@@ -115,6 +121,7 @@ class FloorReport:
         """JSON-ready record (``--json``)."""
         out = asdict(self)
         out.update(floor_wall_s=self.floor_wall_s, floor_cpu_s=self.floor_cpu_s,
+                   floor_sys_s=self.floor_sys_s,
                    wall_ratio=self.wall_ratio, cpu_ratio=self.cpu_ratio)  # fmt: skip
         return out
 
@@ -122,12 +129,13 @@ class FloorReport:
         """The report as an aligned text table."""
         head = (f"floor of {self.slide}: model {self.model}, batch {self.batch_size}, "
                 f"workers {self.workers}, {self.patches:,} patches")  # fmt: skip
-        rows = [(p.name, p.wall_s, p.cpu_s, p.work) for p in self.parts]
-        rows += [("floor (sum)", self.floor_wall_s, self.floor_cpu_s, "the parts one by one"),
+        rows = [(p.name, p.wall_s, p.cpu_s, p.sys_s, p.work) for p in self.parts]
+        rows += [("floor (sum)", self.floor_wall_s, self.floor_cpu_s, self.floor_sys_s,
+                  "the parts one by one"),
                  (self.end_to_end.name, self.end_to_end.wall_s, self.end_to_end.cpu_s,
-                  self.end_to_end.work)]  # fmt: skip
-        lines = [head, f"{'part':<12} {'wall s':>8} {'CPU s':>8}  what"]
-        lines += [f"{n:<12} {w:>8.2f} {c:>8.2f}  {what}" for n, w, c, what in rows]
+                  self.end_to_end.sys_s, self.end_to_end.work)]  # fmt: skip
+        lines = [head, f"{'part':<12} {'wall s':>8} {'CPU s':>8} {'of it sys':>9}  what"]
+        lines += [f"{n:<12} {w:>8.2f} {c:>8.2f} {k:>9.2f}  {what}" for n, w, c, k, what in rows]
         lines.append(f"{'ratio':<12} {self.wall_ratio:>7.2f}x {self.cpu_ratio:>7.2f}x  "
                      "end to end / floor")  # fmt: skip
         if len(self.round_ratios) > 1:
@@ -137,16 +145,24 @@ class FloorReport:
         return "\n".join(lines)
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
-    """``(wall s, CPU s, result)`` of ``fn()``; CPU counts every thread and reaped children."""
-    t0, c0 = time.perf_counter(), _cpu()
+def timed(fn: Callable[[], Any]) -> tuple[float, float, float, Any]:
+    """``(wall s, CPU s, system s, result)`` of ``fn()``.
+
+    CPU counts every thread and reaped children; system is the kernel's share of it.
+    """
+    t0, c0, s0 = time.perf_counter(), _cpu(), _sys()
     result = fn()
-    return time.perf_counter() - t0, _cpu() - c0, result
+    return time.perf_counter() - t0, _cpu() - c0, _sys() - s0, result
 
 
 def _cpu() -> float:
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
+
+
+def _sys() -> float:
+    t = os.times()
+    return t.system + t.children_system
 
 
 def measure_floor(slide: str, run: RunConfig, scratch: Path, rounds: int = 1) -> FloorReport:
@@ -193,7 +209,8 @@ def combine(reports: list[FloorReport]) -> FloorReport:
 def _median(parts: list[Part]) -> Part:
     """One part of several rounds: median wall and median CPU (the first round's description)."""
     return Part(parts[0].name, float(np.median([p.wall_s for p in parts])),
-                float(np.median([p.cpu_s for p in parts])), parts[0].work)  # fmt: skip
+                float(np.median([p.cpu_s for p in parts])), parts[0].work,
+                float(np.median([p.sys_s for p in parts])))  # fmt: skip
 
 
 def _mask(run: RunConfig, slide: Slide) -> NDArray[np.bool_] | None:
@@ -210,17 +227,17 @@ def _parts(
     import harness.merge
     import harness.output  # noqa: F401  (zarr: its import is no part of a write)
 
-    wall, cpu, px = timed(lambda: read_once(slide, plan))
-    parts = [Part("read_once", wall, cpu, f"{px / 1e6:,.1f} Mpx in blocks, cache off")]
+    wall, cpu, ks, px = timed(lambda: read_once(slide, plan))
+    parts = [Part("read_once", wall, cpu, f"{px / 1e6:,.1f} Mpx in blocks, cache off", ks)]
     batch = _real_batch(slide, plan, run.batch_size)
     n = math.ceil(plan.n_patches / run.batch_size)
-    wall, cpu, x = timed(lambda: preprocess_all(spec, batch, n))
-    parts.append(Part("preprocess", wall, cpu, f"{n:,} batches into one buffer"))
+    wall, cpu, ks, x = timed(lambda: preprocess_all(spec, batch, n))
+    parts.append(Part("preprocess", wall, cpu, f"{n:,} batches into one buffer", ks))
     _warm(spec, x, run, plan.channels)
-    wall, cpu, probs = timed(lambda: forward_all(spec, x, run, plan.channels, n))
-    parts.append(Part("forward", wall, cpu, f"{n:,} batches of {run.batch_size}"))
-    fin_wall, fin_cpu, (probs_hwc, labels) = timed(lambda: finalise_all(plan, probs))
-    wall, cpu, _ = timed(lambda: merge_all(plan, probs, run.batch_size))
+    wall, cpu, ks, probs = timed(lambda: forward_all(spec, x, run, plan.channels, n))
+    parts.append(Part("forward", wall, cpu, f"{n:,} batches of {run.batch_size}", ks))
+    fin_wall, fin_cpu, fin_sys, (probs_hwc, labels) = timed(lambda: finalise_all(plan, probs))
+    wall, cpu, ks, _ = timed(lambda: merge_all(plan, probs, run.batch_size))
     # Noise can make a tiny run's merger faster than its finalise alone: never below 0.
     parts.append(
         Part(
@@ -228,12 +245,13 @@ def _parts(
             max(0.0, wall - fin_wall),
             max(0.0, cpu - fin_cpu),
             f"{plan.n_patches:,} patches (merger {wall:.2f} s wall less finalise)",
+            max(0.0, ks - fin_sys),
         )
     )
-    parts.append(Part("finalise", fin_wall, fin_cpu, f"{_touched(plan):,} chunks"))
+    parts.append(Part("finalise", fin_wall, fin_cpu, f"{_touched(plan):,} chunks", fin_sys))
     out = scratch / f"floor{tag}.zarr"
-    wall, cpu, _ = timed(lambda: write_all(plan, run, probs_hwc, labels, out))
-    parts.append(Part("write", wall, cpu, f"{_touched(plan):,} chunks, {run.dtype}"))
+    wall, cpu, ks, _ = timed(lambda: write_all(plan, run, probs_hwc, labels, out))
+    parts.append(Part("write", wall, cpu, f"{_touched(plan):,} chunks, {run.dtype}", ks))
     return parts
 
 
@@ -241,10 +259,10 @@ def _end_to_end(slide: str, run: RunConfig, scratch: Path, tag: str = "") -> Par
     from harness.segment import segment
 
     out = scratch / f"end-to-end{tag}.zarr"
-    wall, cpu, result = timed(
+    wall, cpu, ks, result = timed(
         lambda: segment(slide, out=out, run=run.replace(overwrite=True, progress=False))
     )
-    return Part("end to end", wall, cpu, f"segment: {result.patch_runs:,} patch runs")
+    return Part("end to end", wall, cpu, f"segment: {result.patch_runs:,} patch runs", ks)
 
 
 def read_once(slide: Slide, plan: Plan) -> int:
