@@ -33,9 +33,10 @@ from harness.inference import cached, infer
 from harness.interrupt import Interrupted, StopRequest
 from harness.loader import make_loader, plan_cache_need
 from harness.merge import DenseMerger, Merger, MergeStats, StreamingMerger
-from harness.output import ChunkWriter, ThreadedSink, ZarrStore
+from harness.output import ChunkWriter, ZarrStore
 from harness.output.session import SPILL_PREFIX
 from harness.output.state import ProgressRecord, state_dir
+from harness.output.threaded import writer_sink
 from harness.plan import Plan, Region, make_plan, owned_entries
 from harness.slides.base import CachedSlide
 
@@ -148,7 +149,7 @@ def _merge_block(
 ) -> MergeStats:  # fmt: skip
     """Every batch of the block through the model into the merger and the writer."""
     config = job.config
-    sink = ThreadedSink(ChunkWriter(store, progress))
+    sink = writer_sink(ChunkWriter(store, progress))
     spill = config.spill_dir or str(state_dir(store.path) / "spill")
     merger: Merger = (
         StreamingMerger(plan, sink, job.merge_budget, spill, prefix=f"{SPILL_PREFIX}{job.run_id}-")

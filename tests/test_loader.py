@@ -21,8 +21,9 @@ import tifffile
 from harness.budget import READER_BYTES
 from harness.compare import compare_outputs
 from harness.config import RunConfig
-from harness.errors import SlideError
+from harness.errors import ConfigError, SlideError
 from harness.loader import READERS_ENV, LoaderError, PatchLoader, plan_cache_need
+from harness.output.threaded import WRITER_ENV, ThreadedSink, writer_sink
 from harness.plan import PlanConfig, make_plan, min_budget
 from harness.preprocess import Preprocess
 from harness.segment import segment
@@ -97,6 +98,36 @@ def test_outputs_bitwise_equal_for_any_workers_and_reader_kind(
         # THEN the output is the inline one, bit for bit
         cmp = compare_outputs(ref.output, got.output)
         assert cmp.bitwise_equal and cmp.coverage_mismatch_px == 0, (mode, workers)
+
+
+def test_inline_writes_give_the_writer_threads_output(slides, tmp_path, monkeypatch) -> None:
+    # GIVEN a tiny-cnn run written by the writer thread (the default)
+    run = RunConfig(plan=CFG, model="tiny-cnn", batch_size=4, progress=False)
+    ref = segment(slides["synthetic"], out=tmp_path / "thread.zarr", run=run)
+    # WHEN the same run writes each chunk on the loop's own thread
+    monkeypatch.setenv(WRITER_ENV, "inline")
+    got = segment(slides["synthetic"], out=tmp_path / "inline.zarr", run=run)
+    # THEN the output is the same, bit for bit, and as complete
+    cmp = compare_outputs(ref.output, got.output)
+    assert cmp.bitwise_equal and cmp.coverage_mismatch_px == 0
+    assert got.chunks_written == ref.chunks_written > 0
+
+
+def test_writer_kind_comes_from_the_environment(monkeypatch) -> None:
+    class Sink:
+        def write_chunk(self, box, probs, labels) -> None: ...  # type: ignore[no-untyped-def]
+        def finish(self, record) -> None: ...  # type: ignore[no-untyped-def]
+        def abort(self) -> None: ...
+
+    threaded = writer_sink(Sink())  # type: ignore[arg-type]
+    assert isinstance(threaded, ThreadedSink)
+    threaded.finish({})
+    monkeypatch.setenv(WRITER_ENV, "inline")
+    inner = Sink()
+    assert writer_sink(inner) is inner  # type: ignore[arg-type]
+    monkeypatch.setenv(WRITER_ENV, "process")
+    with pytest.raises(ConfigError, match="WSI_HARNESS_WRITER must be thread or inline"):
+        writer_sink(Sink())  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("mode", "workers"), READERS)
