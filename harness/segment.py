@@ -83,6 +83,15 @@ class SegmentResult:
         return asdict(self)
 
 
+def _check_environment() -> None:
+    """The reader and writer kinds the environment asks for, checked before any output exists."""
+    from harness.loader import reader_mode
+    from harness.output.threaded import writer_mode
+
+    reader_mode()
+    writer_mode()
+
+
 def segment(
     slide: Slide | str | Path,
     model: str | Path | nn.Module | ModelSpec | None = None,
@@ -119,6 +128,7 @@ def segment(
     """
     t0 = time.time()
     run = _run_config(model, config, run, options)
+    _check_environment()
     opened = _open(slide, model, run)
     write_baseline()  # for a measuring parent: RSS after imports and model load
     t_plan = time.time()

@@ -130,6 +130,22 @@ def test_writer_kind_comes_from_the_environment(monkeypatch) -> None:
         writer_sink(Sink())  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("env", "name"), [(WRITER_ENV, "writer"), (READERS_ENV, "readers")])
+def test_a_bad_reader_or_writer_kind_is_one_line_before_any_output(tmp_path, env, name) -> None:
+    # GIVEN a reader or writer kind the harness does not know
+    out = tmp_path / "s.zarr"
+    argv = [sys.executable, "-m", "harness", "segment", "synthetic:512", "--out", str(out),
+            "--workers", "1", "--no-progress"]  # fmt: skip
+    environ = {**os.environ, env: "bogus"}
+    # WHEN a run is asked for
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=environ,
+                          check=False)  # fmt: skip
+    # THEN one line names the variable, exit 2, no traceback, and no output was started
+    assert done.returncode == 2, (name, done.stderr)
+    assert done.stderr.strip().count("\n") == 0 and env in done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
+
+
 @pytest.mark.parametrize(("mode", "workers"), READERS)
 def test_tiny_cnn_outputs_equal_inline(slides, tmp_path, monkeypatch, mode, workers) -> None:
     run = RunConfig(plan=CFG, model="tiny-cnn", batch_size=4, progress=False)

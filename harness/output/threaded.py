@@ -78,9 +78,12 @@ def writer_sink(sink: OutputSink) -> OutputSink:
     tiny-cnn at 8192² on 2 cores, ~1.2 s less CPU of 20; passthrough 15-20 % more
     wall). The output is the same either way.
     """
+    return ThreadedSink(sink) if writer_mode() == "thread" else sink
+
+
+def writer_mode() -> str:
+    """``$WSI_HARNESS_WRITER`` (``thread`` when unset); a :class:`ConfigError` for other values."""
     mode = os.environ.get(WRITER_ENV, "").strip().lower() or "thread"
-    if mode == "thread":
-        return ThreadedSink(sink)
-    if mode == "inline":
-        return sink
-    raise ConfigError(f"{WRITER_ENV} must be thread or inline, got {mode!r}")
+    if mode not in ("thread", "inline"):
+        raise ConfigError(f"{WRITER_ENV} must be thread or inline, got {mode!r}")
+    return mode
