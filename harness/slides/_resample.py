@@ -50,13 +50,10 @@ def read_resampled(
     """Read ``box`` at ``mpp`` from the best stored level (see the module notes)."""
     x, y, _, _ = box
     oh, ow = output_size(box, slide_mpp, mpp)
-    scale = 1.0 if mpp is None else mpp / slide_mpp
-    level = best_level(downsamples, scale)
-    d = downsamples[level]
+    level, d, scale = _level(downsamples, slide_mpp, mpp)
     r = whole_ratio(scale / d)
     if r is not None:
-        lx, ly = math.floor(x / d + 1e-9), math.floor(y / d + 1e-9)
-        region = read_level(level, lx, ly, ow * r, oh * r)
+        region = read_level(level, *_origin(box, d), ow * r, oh * r)
         return region if r == 1 else _area(region, r)
     cols = np.floor((x + (np.arange(ow) + 0.5) * scale) / d).astype(np.int64)
     rows = np.floor((y + (np.arange(oh) + 0.5) * scale) / d).astype(np.int64)
@@ -81,12 +78,24 @@ def level_window(
     ``(h, w)`` window at ``(x, y)``, nothing resampled, so a caller may copy the
     window straight into a buffer of its own. None for any other read.
     """
-    scale = 1.0 if mpp is None else mpp / slide_mpp
-    level = best_level(downsamples, scale)
-    d = downsamples[level]
+    level, d, scale = _level(downsamples, slide_mpp, mpp)
     if whole_ratio(scale / d) != 1:
         return None
-    return level, math.floor(box[0] / d + 1e-9), math.floor(box[1] / d + 1e-9)
+    return (level, *_origin(box, d))
+
+
+def _level(
+    downsamples: tuple[float, ...], slide_mpp: float, mpp: float | None
+) -> tuple[int, float, float]:
+    """``(level, its downsample, the read's scale)``: the stored level a read at ``mpp`` uses."""
+    scale = 1.0 if mpp is None else mpp / slide_mpp
+    level = best_level(downsamples, scale)
+    return level, downsamples[level], scale
+
+
+def _origin(box: Box, d: float) -> tuple[int, int]:
+    """The level pixel ``(x, y)`` where ``box`` starts on a level of downsample ``d``."""
+    return math.floor(box[0] / d + 1e-9), math.floor(box[1] / d + 1e-9)
 
 
 def _area(region: NDArray[np.uint8], r: int) -> NDArray[np.uint8]:
