@@ -26,8 +26,9 @@ echo "== 4. scaling study: peak RSS of the whole process vs slide area, streamin
 # 64 MB for the run, so the verdict compares runs that all use their budget. With 128 MB a
 # 2048 px slide left part of it unused (a narrower read-cache band, and a run of 32 batches
 # whose heap stays below the level longer runs settle at: 311 MiB against 344-379 MiB at
-# 4096-8192 px), so growth from it varied from +10.8 % to +21.8 % between runs; at 64 MB: +2.7 % and +3.4 % (48 MB: +0.0 % and +1.7 %), against a
-# 10 % limit. Dense, plotted beside it, grows +276 % over the same sizes.
+# 4096-8192 px), so growth from it varied from +10.8 % to +21.8 % between runs. At 64 MB:
+# +2.7 %, +3.4 % and +4.5 % (a fresh clone), against a 10 % limit; dense, plotted beside
+# it, grew +232 % over the same sizes in that fresh-clone run.
 "$BIN/wsi-harness" scaling --sizes 2048,4096,8192 --engine streaming --engine dense \
     --model passthrough --budget 64MB --merge-budget 8MB --max-growth 10% --out "$OUT/scaling"
 
