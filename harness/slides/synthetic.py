@@ -42,7 +42,6 @@ scanners produce for a whole field of view.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -52,7 +51,18 @@ from harness.palette import PALETTE
 from harness.slides import _artefacts as art
 from harness.slides._blockcache import DEFAULT_LIMIT, BlockCache
 from harness.slides._decide import exceeds, field_at, levels, tolerance, where
-from harness.slides._noise import Octave, field, hash2, mix_key, periodic_tile
+from harness.slides._noise import field, hash2, mix_key, periodic_tile
+from harness.slides._synthlayout import (
+    ABSENT,
+    FOLD,
+    LEVELS,
+    LUT,
+    axis,
+    edge_fade,
+    inside,
+    layout,
+    window,
+)
 from harness.slides.base import PAD_VALUE, Box, output_size, put
 
 if TYPE_CHECKING:
@@ -62,110 +72,6 @@ if TYPE_CHECKING:
 
 BACKGROUND, STROMA, NUCLEI, INK = 0, 1, 2, 3
 ARTEFACTS: tuple[str, ...] = ("pen", "fold", "blur")
-
-_LEVELS = 32  # texture levels per colour ramp
-_FOLD = 4  # class offset of folded tissue in the lookup table
-_HOLE_FRACTION = 0.12
-_TILE = 512  # period in pixels of the finest (tileable) texture octave
-_ABSENT = np.float32(-1.0e4)  # centre offset that puts a missing nucleus out of reach
-
-
-def _ramp(mean: tuple[int, int, int], spread: tuple[int, int, int]) -> NDArray[np.float64]:
-    t = np.linspace(1.0, -1.0, _LEVELS)[:, None]
-    return np.asarray(mean, dtype=np.float64) + t * np.asarray(spread, dtype=np.float64)
-
-
-def _build_lut() -> NDArray[np.uint8]:
-    """Colour of each ``class * _LEVELS + texture level``; 8 classes (4 plain, 4 folded)."""
-    bg, stroma, nuclei = PALETTE.values()
-    ramps = [
-        _ramp(bg, (5, 5, 4)),
-        _ramp(stroma, (24, 40, 30)),
-        _ramp(nuclei, (30, 28, 28)),
-        _ramp((45, 135, 95), (20, 25, 20)),  # green pen ink
-        _ramp(bg, (5, 5, 4)),
-        _ramp((200, 105, 160), (20, 30, 24)),  # folded stroma: darker, still nearest stroma
-        _ramp((62, 30, 110), (20, 20, 20)),
-        _ramp((45, 135, 95), (20, 25, 20)),
-    ]
-    return np.clip(np.rint(np.concatenate(ramps)), 0, 255).astype(np.uint8)
-
-
-_LUT = _build_lut()
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Everything derived from the slide parameters: noise octaves and thresholds."""
-
-    tissue: tuple[Octave, ...]
-    holes: tuple[Octave, ...]
-    texture: tuple[Octave, ...]
-    grain: Octave
-    density: tuple[Octave, ...]
-    cell: int
-    edge: tuple[float, float]
-    tissue_threshold: float
-    hole_threshold: float
-
-
-def _layout(height: int, width: int, mpp: float, seed: int, fraction: float) -> _Layout:
-    big = min(max(min(height, width) / 3.0, 512.0), 12000.0)
-    um = 1.0 / mpp  # level-0 pixels per micron
-    tissue = (Octave(big, 1.0, 1), Octave(big / 3.2, 0.45, 2))
-    holes = (Octave(90 * um, 1.0, 3), Octave(30 * um, 0.5, 4))
-    top = _LEVELS - 1e-3
-    texture = (Octave(30 * um, 0.45 * top, 5), Octave(8 * um, 0.3 * top, 6))
-    wrap = max(4, round(_TILE * mpp / 3.0))  # about 3 µm lattice, exactly tileable
-    grain = Octave(_TILE / wrap, 0.25 * top, 7, wrap=wrap)
-    edge = (max(1.0, 0.06 * height), max(1.0, 0.06 * width))
-    n = 128
-    v, u = _axis(0, n, height / n), _axis(0, n, width / n)
-    t = field(seed, tissue, u, v, 1.0) * _edge(v, height, edge[0])[:, None]
-    t *= _edge(u, width, edge[1])[None, :]
-    hs = _axis(0, 192, 10 * um)
-    h = field(seed, holes, hs, hs, 1.0)
-    keep = min(0.98, fraction / (1.0 - _HOLE_FRACTION))
-    return _Layout(
-        tissue=tissue,
-        holes=holes,
-        texture=texture,
-        grain=grain,
-        density=(Octave(150 * um, 1.0, 8),),
-        cell=max(4, round(8 * um)),
-        edge=edge,
-        tissue_threshold=float(np.quantile(t, 1.0 - keep)),
-        hole_threshold=float(np.quantile(h, 1.0 - _HOLE_FRACTION)),
-    )
-
-
-def _edge(coords: NDArray[np.float64], size: int, margin: float) -> NDArray[np.float32]:
-    """Fade from 0 at the slide border to 1 at ``margin`` pixels inside it."""
-    d = np.minimum(coords + 0.5, size - 0.5 - coords) / margin
-    t = np.clip(d, 0.0, 1.0)
-    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
-
-
-def _axis(start: float, n: int, step: float) -> NDArray[np.float64]:
-    """Level-0 sample positions of ``n`` output pixels starting at ``start``."""
-    return np.asarray(start + (np.arange(n) + 0.5) * step - 0.5, dtype=np.float64)
-
-
-def _inside(coords: NDArray[np.float64], size: int) -> slice:
-    """The run of sample positions that fall inside ``[0, size)`` pixels."""
-    lo = int(np.searchsorted(coords, -0.5, side="left"))
-    hi = int(np.searchsorted(coords, size - 0.5, side="left"))
-    return slice(lo, max(lo, hi))
-
-
-def _window(tile: NDArray[np.float32], y: int, x: int, h: int, w: int) -> NDArray[np.float32]:
-    """``h x w`` window at ``(y, x)`` of the periodic texture ``tile`` (one period tiled 2 x 2)."""
-    period = tile.shape[0] // 2
-    y0, x0 = y % period, x % period
-    if h <= period and w <= period:
-        return tile[y0 : y0 + h, x0 : x0 + w]
-    rows, cols = np.arange(y0, y0 + h) % period, np.arange(x0, x0 + w) % period
-    return np.asarray(tile.take(rows, axis=0).take(cols, axis=1), dtype=np.float32)
 
 
 def _parse_artefacts(artefacts: bool | Iterable[str]) -> tuple[str, ...]:
@@ -231,7 +137,7 @@ class SyntheticSlide:
         self.seed = int(seed) & 0xFFFFFFFF
         self.tissue_fraction = float(tissue_fraction)
         self.artefacts = _parse_artefacts(artefacts)
-        self._layout = _layout(*self._shape, self._mpp, self.seed, self.tissue_fraction)
+        self._layout = layout(*self._shape, self._mpp, self.seed, self.tissue_fraction)
         self._tile: NDArray[np.float32] | None = None
         self._art = art.place(self._shape, self.seed, self.artefacts, self._coarse_tissue())
         self._blocks = BlockCache(self._mpp, 0, limit=int(cache_bytes))
@@ -324,12 +230,12 @@ class SyntheticSlide:
         """
         h, w = output_size((0, 0, self._shape[1], self._shape[0]), self._mpp, mpp)
         step = mpp / self._mpp
-        u = _axis(0, w, step)
+        u = axis(0, w, step)
         mask = np.zeros((h, w), dtype=bool)
-        cols = _inside(u, self._shape[1])
+        cols = inside(u, self._shape[1])
         for top in range(0, h, 256):
-            v = _axis(0, h, step)[top : top + 256]
-            rows = _inside(v, self._shape[0])
+            v = axis(0, h, step)[top : top + 256]
+            rows = inside(v, self._shape[0])
             if rows.stop > rows.start and cols.stop > cols.start:
                 tissue = self._tissue(u[cols], v[rows], step)
                 mask[top + rows.start : top + rows.stop, cols] = tissue
@@ -342,26 +248,26 @@ class SyntheticSlide:
         x, y, _, _ = box
         h, w = output_size(box, self._mpp, mpp)
         step = 1.0 if mpp is None else mpp / self._mpp
-        u, v = _axis(x, w, step), _axis(y, h, step)
-        cols, rows = _inside(u, self._shape[1]), _inside(v, self._shape[0])
+        u, v = axis(x, w, step), axis(y, h, step)
+        cols, rows = inside(u, self._shape[1]), inside(v, self._shape[0])
         return (h, w), (rows, cols), (u[cols], v[rows]), step
 
     def _render(self, x: float, y: float, w: int, h: int, step: float) -> NDArray[np.uint8]:
         """RGB without blur of ``h x w`` samples from ``(x, y)`` (as :meth:`read`), for the blur."""
-        return self._render_at(_axis(x, w, step), _axis(y, h, step), step)
+        return self._render_at(axis(x, w, step), axis(y, h, step), step)
 
     def _render_at(
         self, u: NDArray[np.float64], v: NDArray[np.float64], step: float
     ) -> NDArray[np.uint8]:
         cls = self._classes(u, v, step)
-        cls *= np.uint8(_LEVELS)
+        cls *= np.uint8(LEVELS)
         cls += self._texture(u, v, step)
-        return _LUT.take(cls, axis=0)
+        return LUT.take(cls, axis=0)
 
     def _texture(
         self, u: NDArray[np.float64], v: NDArray[np.float64], step: float
     ) -> NDArray[np.uint8]:
-        """Texture level in ``[0, _LEVELS)``; at full resolution the grain is a tile slice.
+        """Texture level in ``[0, LEVELS)``; at full resolution the grain is a tile slice.
 
         The level is the integer part of the field, decided exactly where the
         field is within rounding of an integer (:mod:`harness.slides._decide`).
@@ -375,7 +281,7 @@ class SyntheticSlide:
                 return field_at(self.seed, octaves, u[c], v[r], step)
 
             return levels(fast, tolerance(octaves), exact)
-        grain = _window(self._grain_tile(), int(v[0]), int(u[0]), v.size, u.size)
+        grain = window(self._grain_tile(), int(v[0]), int(u[0]), v.size, u.size)
         fast = field(self.seed, lay.texture, u, v, step)
         fast += grain
 
@@ -403,7 +309,7 @@ class SyntheticSlide:
         (my, mx), (h, w) = lay.edge, self._shape
         ey = ex = None
         if min(v[0] + 0.5, u[0] + 0.5, h - 0.5 - v[-1], w - 0.5 - u[-1]) < max(my, mx):
-            ey, ex = _edge(v, h, my), _edge(u, w, mx)
+            ey, ex = edge_fade(v, h, my), edge_fade(u, w, mx)
             t *= ey[:, None]  # only near the border, where tissue fades out
             t *= ex[None, :]
 
@@ -426,7 +332,7 @@ class SyntheticSlide:
     def _classes(
         self, u: NDArray[np.float64], v: NDArray[np.float64], step: float
     ) -> NDArray[np.uint8]:
-        """Lookup-table class per sample: label, plus :data:`_FOLD` inside a fold."""
+        """Lookup-table class per sample: label, plus :data:`FOLD` inside a fold."""
         tissue = self._tissue(u, v, step)
         cls = tissue.view(np.uint8).copy()
         if tissue.any():
@@ -434,7 +340,7 @@ class SyntheticSlide:
             nuclei &= tissue
             cls += nuclei.view(np.uint8)
             if self._art.fold is not None:
-                art.add_fold(cls, tissue, self._art.fold, u, v, np.uint8(_FOLD))
+                art.add_fold(cls, tissue, self._art.fold, u, v, np.uint8(FOLD))
         if self._art.pen is not None:
             art.add_pen(cls, self._art.pen, u, v, np.uint8(INK))
         return cls
@@ -464,7 +370,7 @@ class SyntheticSlide:
         rx = np.float32(c) * (np.float32(0.22) + np.float32(0.2 / 15) * bits[4])
         cy = ry + (np.float32(c) - 2 * ry) * bits[1] / np.float32(31)
         cx = rx + (np.float32(c) - 2 * rx) * bits[2] / np.float32(31)
-        cy = np.where(present, cy, _ABSENT).astype(np.float32)
+        cy = np.where(present, cy, ABSENT).astype(np.float32)
         return (
             cy,
             cx.astype(np.float32),
@@ -499,9 +405,9 @@ class SyntheticSlide:
         dy2 = (loc[None, :, None] - cy[:, None, :]) ** 2 * iry2[:, None, :]  # (ny, c, nx)
         dx2 = (loc[None, None, :] - cx[:, :, None]) ** 2 * irx2[:, :, None]  # (ny, nx, c)
         d2 = dy2[:, :, :, None] + dx2[:, None, :, :]
-        inside = (d2 < np.float32(1.0)).reshape(ny * c, nx * c)
+        hit = (d2 < np.float32(1.0)).reshape(ny * c, nx * c)
         top, left = y - r0 * c, x - c0 * c
-        return inside[top : top + h, left : left + w]
+        return hit[top : top + h, left : left + w]
 
     def _nuclei_sampled(self, u: NDArray[np.float64], v: NDArray[np.float64]) -> NDArray[np.bool_]:
         """Nuclei at arbitrary sorted sample positions: gathers each sample's cell."""
@@ -521,8 +427,8 @@ class SyntheticSlide:
         v = (np.arange(64) + 0.5) * h / 64 - 0.5
         u = (np.arange(64) + 0.5) * w / 64 - 0.5
         lay = self._layout
-        t = field(self.seed, lay.tissue, u, v, 1.0) * _edge(v, h, lay.edge[0])[:, None]
-        return t * _edge(u, w, lay.edge[1])[None, :]
+        t = field(self.seed, lay.tissue, u, v, 1.0) * edge_fade(v, h, lay.edge[0])[:, None]
+        return t * edge_fade(u, w, lay.edge[1])[None, :]
 
 
 #: ``(shift, mask)`` of each bit field of a nucleus cell hash.
