@@ -4,7 +4,8 @@ Everything the streaming merger needs to know is decided here, before any
 inference runs: which patches run and in what order, which output chunks each
 patch touches, how many patches touch each chunk (``expected``), and when each
 chunk is next used (the CSR table ``use_ptr``/``use_patch``), which makes
-optimal (furthest-next-use) eviction possible.
+optimal (furthest-next-use) eviction possible. The vectorised grid arithmetic
+behind these tables lives in :mod:`harness._plangrid`.
 
 Grid convention
 ---------------
@@ -34,6 +35,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from harness._plangrid import _block_entries, _keep_pairs, _Layout, _owned, _pairs, _uses
+from harness._plangrid import grid_count as grid_count
+from harness._plangrid import grid_origins as grid_origins
 from harness.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -360,32 +364,6 @@ def output_shape(slide_shape: Pair, slide_mpp: float, mpp: float | None) -> Pair
     return tuple(max(1, math.ceil(s * f - 1e-9)) for s in slide_shape)  # type: ignore[return-value]
 
 
-def grid_origins(
-    out_shape: Pair, out_hw: Pair, stride_hw: Pair, window: Window | None = None
-) -> NDArray[np.int64]:
-    """Raster-order output origins ``(y, x)`` covering ``out_shape`` (see module docstring).
-
-    With ``window = (y0, y1, x0, x1)`` only the origins whose output box
-    overlaps it, computed per axis (never the whole grid of a huge slide).
-    """
-    axes = []
-    for k, (size, patch, step) in enumerate(zip(out_shape, out_hw, stride_hw, strict=True)):
-        n = grid_count(size, patch, step)
-        lo, hi = 0, n
-        if window is not None:
-            w0, w1 = window[2 * k], window[2 * k + 1]
-            lo = max(0, -(-(w0 - patch + 1) // step))  # first origin with o + patch > w0
-            hi = min(n, -(-w1 // step))  # origins o < w1
-        axes.append(np.arange(lo, max(lo, hi), dtype=np.int64) * step)
-    ys, xs = np.meshgrid(axes[0], axes[1], indexing="ij")
-    return np.stack([ys.ravel(), xs.ravel()], axis=1)
-
-
-def grid_count(size: int, patch: int, step: int) -> int:
-    """Patches along an axis of ``size`` output pixels (the last may overhang)."""
-    return 1 if size <= patch else -(-(size - patch) // step) + 1
-
-
 def chunk_span(config: PlanConfig) -> Pair:
     """Most chunk rows and columns one output patch can touch."""
     (oh, ow), (ch, cw) = config.out_hw, config.chunk_hw
@@ -412,77 +390,6 @@ def strip_chunks_for(
     # Inside a strip, the live band is at most `rows` chunk rows of the strip's width.
     column_bytes = rows * ch * cw * (channels + 1) * ACCUMULATOR_BYTES
     return max(1, min(ncols, int(budget * BAND_SHARE // column_bytes)))
-
-
-def _strip_entries(
-    origins: NDArray[np.int64], config: PlanConfig, out_shape: Pair, strip: int, col0: int,
-    n_strips: int,
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:  # fmt: skip
-    """Entries in processing order, and the strip of each.
-
-    Strip ``s`` covers chunk columns ``col0 + s * strip`` onwards. A patch whose
-    output crosses a strip edge gets one entry per strip, each touching only
-    that strip's chunks (the halo patch runs twice), so every chunk sees its
-    patches in raster order whatever the strip width. Patches overhanging the
-    block's first or last column belong to its first or last strip.
-    """
-    ow, cw = config.out_hw[1], config.chunk_hw[1]
-    x0 = origins[:, 1]
-    s0 = np.clip((x0 // cw - col0) // strip, 0, n_strips - 1)
-    s1 = np.clip(((np.minimum(x0 + ow, out_shape[1]) - 1) // cw - col0) // strip, 0, n_strips - 1)
-    copies = s1 - s0 + 1
-    grid_id = np.repeat(np.arange(len(origins), dtype=np.int64), copies)
-    first = np.repeat(np.cumsum(copies) - copies, copies)
-    s = np.repeat(s0, copies) + np.arange(len(grid_id), dtype=np.int64) - first
-    order = np.lexsort((origins[grid_id, 1], origins[grid_id, 0], s))
-    return origins[grid_id[order]], s[order]
-
-
-def _pairs(
-    origins: NDArray[np.int64], strip: NDArray[np.int64], width: int, col0: int,
-    config: PlanConfig, out_shape: Pair,
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:  # fmt: skip
-    """CSR of the chunks each entry touches (row-major within an entry)."""
-    (oh, ow), (ch, cw) = config.out_hw, config.chunk_hw
-    ncols = -(-out_shape[1] // cw)
-    y0, x0 = origins[:, 0], origins[:, 1]
-    r0 = y0 // ch
-    c0 = np.maximum(x0 // cw, col0 + strip * width)
-    c1 = np.minimum((np.minimum(x0 + ow, out_shape[1]) - 1) // cw, col0 + (strip + 1) * width - 1)
-    nr = (np.minimum(y0 + oh, out_shape[0]) - 1) // ch - r0 + 1
-    nc = np.maximum(c1 - c0 + 1, 0)
-    counts = nr * nc
-    ptr = np.zeros(len(origins) + 1, dtype=np.int64)
-    np.cumsum(counts, out=ptr[1:])
-    local = np.arange(ptr[-1], dtype=np.int64) - np.repeat(ptr[:-1], counts)
-    ncr = np.repeat(nc, counts)
-    chunk = (np.repeat(r0, counts) + local // ncr) * ncols + np.repeat(c0, counts) + local % ncr
-    return ptr, chunk
-
-
-def _keep_pairs(
-    ptr: NDArray[np.int64], chunk: NDArray[np.int64], todo: NDArray[np.bool_]
-) -> tuple[NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]:
-    """Restrict a CSR to ``todo`` chunks: (entries that keep any, new ptr, new chunks)."""
-    live = todo[chunk]
-    per_entry = np.zeros(len(ptr) - 1, dtype=np.int64)
-    entry = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
-    np.add.at(per_entry, entry[live], 1)
-    keep = per_entry > 0
-    new_ptr = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
-    np.cumsum(per_entry[keep], out=new_ptr[1:])
-    return keep, new_ptr, chunk[live]
-
-
-def _uses(
-    pair_ptr: NDArray[np.int64], pair_chunk: NDArray[np.int64], expected: NDArray[np.int32]
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """CSR of the entries using each chunk, in processing order (``expected`` = row lengths)."""
-    pair_patch = np.repeat(np.arange(len(pair_ptr) - 1, dtype=np.int64), np.diff(pair_ptr))
-    perm = np.argsort(pair_chunk, kind="stable")
-    use_ptr = np.zeros(len(expected) + 1, dtype=np.int64)
-    np.cumsum(expected, out=use_ptr[1:])
-    return use_ptr, pair_patch[perm]
 
 
 def gaussian_window(out_hw: Pair, sigma: float) -> NDArray[np.float32]:
@@ -520,69 +427,50 @@ def make_plan(
     ``strips=False`` forces one strip (plain raster order, no halo entries),
     as the dense reference uses; per chunk, the additions are the same.
     """
-    if budget < (need := min_budget(config, channels)):
-        raise ConfigError(
-            f"budget {budget} bytes is below the {need} bytes that the chunks one patch touches "
-            f"need ({config.chunk_hw} chunks x {channels} classes); raise the budget or use a "
-            "smaller chunk"
-        )
+    layout = _layout(slide_shape, slide_mpp, config, channels, budget, keep, region, strips)
+    entries = _block_entries(config, layout, keep, tissue, done)
+    window = gaussian_window(config.out_hw, config.sigma) if config.blend == "gaussian" else None
+    return Plan(
+        config=config, slide_shape=slide_shape, slide_mpp=slide_mpp, out_shape=layout.out_shape,
+        channels=channels, origins=entries.origins, strip_starts=entries.strip_starts,
+        expected=entries.expected, strip_chunks=layout.width, n_unique=entries.n_unique,
+        patches_masked_out=entries.masked_out, window=window, region=region, todo=entries.todo,
+        patches_done=entries.patches_done, strip_col0=layout.block.c0, owned_kept=entries.owned,
+    )  # fmt: skip
+
+
+def _layout(
+    slide_shape: Pair,
+    slide_mpp: float,
+    config: PlanConfig,
+    channels: int,
+    budget: int,
+    keep: NDArray[np.bool_] | None,
+    region: Region | None,
+    strips: bool,
+) -> _Layout:
+    """The output and the block :func:`make_plan` plans, once its arguments pass."""
+    _check_budget(config, channels, budget)
     out_shape = output_shape(slide_shape, slide_mpp, config.mpp)
     grid = (-(-out_shape[0] // config.chunk_hw[0]), -(-out_shape[1] // config.chunk_hw[1]))
     block = region or Region.whole(grid)
     if keep is not None and region is not None:
         raise ConfigError("keep selects patches of the whole grid; use tissue= with a region")
     window = None if region is None else block.window(config.chunk_hw, out_shape)
-    origins, n_all = _selected_origins(out_shape, config, window, keep, tissue)
-    n_kept = len(origins)
-    owned = int(np.count_nonzero(_owned(origins, config.chunk_hw, block)))
-    todo = _todo(grid, region, done)
     one_strip = not strips or config.order == "raster"
     cols = block.c1 - block.c0
     width = cols if one_strip else strip_chunks_for(config, out_shape, channels, budget, cols)
-    n_strips = -(-cols // width)
-    origins, strip = _strip_entries(origins, config, out_shape, width, block.c0, n_strips)
-    ptr, chunk = _pairs(origins, strip, width, block.c0, config, out_shape)
-    if todo is not None:
-        kept, ptr, chunk = _keep_pairs(ptr, chunk, todo)
-        origins, strip = origins[kept], strip[kept]
-    expected = np.bincount(chunk, minlength=grid[0] * grid[1]).astype(np.int32)
-    del ptr, chunk  # a transient: entries' chunks are arithmetic (Plan.chunks_of)
-    starts = np.searchsorted(strip, np.arange(n_strips + 1))
-    window_w = gaussian_window(config.out_hw, config.sigma) if config.blend == "gaussian" else None
-    n_unique = _distinct(origins, out_shape[1])
-    return Plan(
-        config=config, slide_shape=slide_shape, slide_mpp=slide_mpp, out_shape=out_shape,
-        channels=channels, origins=origins.astype(np.int32),  # held all run long: half of int64
-        strip_starts=starts.astype(np.int64), expected=expected, strip_chunks=width,
-        n_unique=n_unique, patches_masked_out=n_all - n_kept, window=window_w, region=region,
-        todo=todo, patches_done=n_kept - n_unique, strip_col0=block.c0, owned_kept=owned,
-    )  # fmt: skip
+    return _Layout(out_shape, grid, block, region, window, width)
 
 
-def _selected_origins(
-    out_shape: Pair,
-    config: PlanConfig,
-    window: Window | None,
-    keep: NDArray[np.bool_] | None,
-    tissue: NDArray[np.bool_] | None,
-) -> tuple[NDArray[np.int64], int]:
-    """The grid's origins in ``window`` that ``keep`` and the ``tissue`` mask select, and how
-    many the grid had before selection."""
-    origins = grid_origins(out_shape, config.out_hw, config.stride_hw, window)
-    n_all = len(origins)
-    if keep is not None:
-        origins = origins[keep]
-    if tissue is not None:
-        from harness.mask import patches_touching
-
-        origins = origins[patches_touching(tissue, origins, config.out_hw, out_shape)]
-    return origins, n_all
-
-
-def _owned(origins: NDArray[np.int64], chunk_hw: Pair, block: Region) -> NDArray[np.bool_]:
-    """Whether each origin's own chunk (the one holding its top-left pixel) is in ``block``."""
-    r, c = origins[:, 0] // chunk_hw[0], origins[:, 1] // chunk_hw[1]
-    return np.asarray((r >= block.r0) & (r < block.r1) & (c >= block.c0) & (c < block.c1))
+def _check_budget(config: PlanConfig, channels: int, budget: int) -> None:
+    """Refuse a budget that cannot hold the chunks one patch touches."""
+    if budget < (need := min_budget(config, channels)):
+        raise ConfigError(
+            f"budget {budget} bytes is below the {need} bytes that the chunks one patch touches "
+            f"need ({config.chunk_hw} chunks x {channels} classes); raise the budget or use a "
+            "smaller chunk"
+        )
 
 
 def owned_entries(plan: Plan) -> NDArray[np.bool_]:
@@ -594,24 +482,3 @@ def owned_entries(plan: Plan) -> NDArray[np.bool_]:
     strip = np.repeat(np.arange(len(plan.strip_starts) - 1), np.diff(plan.strip_starts))
     home = (origins[:, 1] // plan.config.chunk_hw[1] - plan.strip_col0) // plan.strip_chunks
     return np.asarray(owned & (strip == home), dtype=bool)
-
-
-def _todo(
-    grid: Pair, region: Region | None, done: NDArray[np.bool_] | None
-) -> NDArray[np.bool_] | None:
-    """Chunks this plan writes (None: every chunk of the output)."""
-    if region is None and done is None:
-        return None
-    todo = region.mask(grid) if region is not None else np.ones(grid[0] * grid[1], dtype=bool)
-    if done is not None:
-        if done.shape != todo.shape:
-            raise ConfigError(f"done covers {done.size} chunks, the grid has {todo.size}")
-        todo &= ~done
-    return todo
-
-
-def _distinct(origins: NDArray[np.int64], width: int) -> int:
-    """Distinct patches among entries (halo entries repeat their patch)."""
-    if len(origins) == 0:
-        return 0
-    return int(np.unique(origins[:, 0] * (width + 1) + origins[:, 1]).size)

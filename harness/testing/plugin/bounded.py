@@ -279,14 +279,31 @@ def assert_bounded(
         An argument is invalid (fewer than two sizes, no ``{size}``, ...).
     """
     resolved = _checked(workload, env, slides)
+    study = _study(sizes, max_growth, name, out_dir, timeout_s, period_s, keep_outputs)
+    records = _run_sizes(resolved, study, slides, env)
+    return _passed(_report(records, study, plot))
+
+
+def _study(
+    sizes: Sequence[int],
+    max_growth: str | float,
+    name: str,
+    out_dir: str | Path | None,
+    timeout_s: float | None,
+    period_s: float,
+    keep_outputs: bool,
+) -> _Study:
+    """The validated call; ``out_dir`` (default a new temporary folder) is created first."""
     folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="wsi-bounded-"))
     folder.mkdir(parents=True, exist_ok=True)
-    study = _Study(
+    return _Study(
         _sizes(sizes), _growth(max_growth), _safe_name(name), folder, timeout_s, period_s,
         keep_outputs,
     )  # fmt: skip
-    records = _run_sizes(resolved, study, slides, env)
-    report = _report(records, study, plot)
+
+
+def _passed(report: BoundedReport) -> BoundedReport:
+    """``report`` when its verdict passed; otherwise raise with the table and the plot path."""
     if not report.verdict.passed:
         raise AssertionError(report.describe())
     return report
