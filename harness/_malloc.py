@@ -45,6 +45,13 @@ trim), while RSS stayed at 365-388 MiB throughout. The maximum over the settling
 window is the working set's own range; only growth past it by :data:`SLACK` is
 the creep the trim is for. While settling, a trim still fires if RSS passes the
 level that caused the last one by the slack, so no window is unbounded.
+
+Why a limit as well. The reference rule lets the heap keep the working set's
+range plus the slack, and the run budget counts only the slack: at 8192² with a
+128 MB budget runs added 122-139 MB above their baseline. So a run's trimmer
+also takes the budget as an RSS limit (``limit``, set by
+:func:`harness.blocks.heap_trimmer` one batch share below the budget): past it a
+tick trims whatever the reference says (docs/budget.md).
 """
 
 from __future__ import annotations
@@ -108,15 +115,27 @@ class HeapTrimmer:
     construction or after a trim (the working set's own range, see the module
     notes); during those ticks the ceiling is the RSS that caused the last trim
     (at construction: the first tick's), plus ``slack``.
+
+    ``limit``, where given, is the run's budget as an RSS (its baseline plus the
+    budget, less the headroom a batch rises above its tick): a tick above it
+    trims whatever the reference says, because the reference rule alone lets the
+    heap keep the working set's range plus the slack, which the budget does not
+    count (see the module notes). A limit trim that returns less than a quarter
+    of the slack found live memory, not free heap, over the limit; the limit then
+    moves up to that RSS plus the slack, so the run is not trimmed every batch
+    for nothing, and :attr:`over_limit` keeps the highest such RSS.
     """
 
-    def __init__(self, slack: int | None = None, settle: int = SETTLE) -> None:
+    def __init__(
+        self, slack: int | None = None, settle: int = SETTLE, limit: int | None = None
+    ) -> None:
         slack = default_slack() if slack is None else slack
         if slack < 0:
             raise ValueError(f"slack must be >= 0 bytes, got {slack}")
         if settle < 1:
             raise ValueError(f"settle must be >= 1 tick, got {settle}")
         self.slack, self.settle, self.trims = slack, settle, 0
+        self.limit, self.limit_trims, self.over_limit = limit, 0, 0
         self.reference: int | None = None  # highest RSS of the settling ticks so far
         self.ceiling: int | None = None  # while settling: the RSS that caused the last trim
         self._settling = settle
@@ -130,7 +149,9 @@ class HeapTrimmer:
         rss = current_rss_bytes()
         if self.ceiling is None:
             self.ceiling = rss
-        if self._settling > 0:
+        if self.limit is not None and rss > self.limit:
+            self._trim_to_limit(libc, rss)
+        elif self._settling > 0:
             self._settling -= 1
             if rss > self.ceiling + self.slack:
                 self._trim(libc, rss)
@@ -143,3 +164,11 @@ class HeapTrimmer:
         libc.malloc_trim(0)
         self.trims += 1
         self.reference, self.ceiling, self._settling = None, rss, self.settle
+
+    def _trim_to_limit(self, libc: Any, rss: int) -> None:
+        self._trim(libc, rss)
+        self.limit_trims += 1
+        after = current_rss_bytes()
+        if rss - after < self.slack // 4 and self.limit is not None:
+            self.over_limit = max(self.over_limit, after)
+            self.limit = max(self.limit, after + self.slack)

@@ -32,6 +32,7 @@ from harness.config import Engine
 from harness.inference import cached, infer
 from harness.interrupt import Interrupted, StopRequest
 from harness.loader import make_loader, plan_cache_need
+from harness.measure.runner import current_rss_bytes
 from harness.merge import DenseMerger, Merger, MergeStats, StreamingMerger
 from harness.output import ChunkWriter, ZarrStore
 from harness.output.session import SPILL_PREFIX
@@ -68,6 +69,7 @@ class BlockJob:
     run_id: str = ""
     cache_bytes: int | None = None  # the tile cache's share of the budget (None: fit the band)
     heap_slack: int | None = None  # HeapTrimmer's slack (None: its default)
+    batch_bytes: int = 0  # the budget's batch share: what one batch may fault in afresh
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,14 @@ def run_block(
     model: tuple[ModelSpec, int] | None = None,
     on_patches: Callable[[int], object] | None = None,
     stop: StopRequest | None = None,
+    baseline: int | None = None,
 ) -> BlockResult:
-    """Run one block of ``job`` into its output (see the module docstring)."""
+    """Run one block of ``job`` into its output (see the module docstring).
+
+    ``baseline`` is the RSS the run's budget sits above (``segment`` passes the one
+    it recorded after imports and model load); by default this process's RSS once
+    the model is loaded here.
+    """
     t0 = time.time()
     config = job.config
     if slide is None:
@@ -125,13 +133,15 @@ def run_block(
 
         slide = open_slide(job.slide, mpp=config.slide_mpp)
     spec, channels = model if model is not None else cached(config)
+    baseline = current_rss_bytes() if baseline is None else baseline
     store = ZarrStore.open(Path(job.out))
     plan = plan_block(slide, config, channels, job.merge_budget, job.region, job.mask, store)
     cache = _fit_read_cache(slide, plan, job.cache_bytes, config)
     key = job.region.key if job.region is not None else "all"
     progress = ProgressRecord(store.path, key, store.grid[0] * store.grid[1])
+    trimmer = heap_trimmer(job, baseline)
     stats = _merge_block(spec, channels, slide, plan, store, progress, job, on_patches, stop,
-                         cache)  # fmt: skip
+                         cache, trimmer)  # fmt: skip
     return BlockResult(
         region=None if job.region is None else job.region.to_list(),
         patches=plan.n_unique, patch_runs=plan.n_patches, patches_done=plan.patches_done,
@@ -146,6 +156,7 @@ def _merge_block(
     spec: ModelSpec, channels: int, slide: Slide, plan: Plan, store: ZarrStore,
     progress: ProgressRecord, job: BlockJob, on_patches: Callable[[int], object] | None,
     stop: StopRequest | None, cache: int | None = None,
+    trimmer: _malloc.HeapTrimmer | None = None,
 ) -> MergeStats:  # fmt: skip
     """Every batch of the block through the model into the merger and the writer."""
     config = job.config
@@ -157,8 +168,8 @@ def _merge_block(
         else DenseMerger(plan, sink)
     )
     try:
-        _loop(spec, channels, slide, plan, merger, config, on_patches, stop, job.heap_slack,
-              cache)  # fmt: skip
+        _loop(spec, channels, slide, plan, merger, config, on_patches, stop,
+              trimmer or _malloc.HeapTrimmer(job.heap_slack), cache)  # fmt: skip
         stats = merger.finish()
         sink.finish({})
     except BaseException:
@@ -172,7 +183,7 @@ def _merge_block(
 def _loop(
     spec: ModelSpec, channels: int, slide: Slide, plan: Plan, merger: Merger, config: RunConfig,
     on_patches: Callable[[int], object] | None, stop: StopRequest | None,
-    heap_slack: int | None = None, cache: int | None = None,
+    trimmer: _malloc.HeapTrimmer, cache: int | None = None,
 ) -> None:  # fmt: skip
     """The main loop: batches in plan order, a stop check at every batch boundary.
 
@@ -184,7 +195,6 @@ def _loop(
     on_cpu = config.device == "cpu"
     loader = make_loader(slide, plan, config.batch_size, config.workers,
                          spec.preprocess if on_cpu else None, cache)  # fmt: skip
-    trimmer = _malloc.HeapTrimmer(heap_slack)
     owned = owned_entries(plan)
     done = plan.owned_kept - int(np.count_nonzero(owned))  # final before this run
     if on_patches is not None and done:
@@ -203,6 +213,21 @@ def _loop(
             if stop is not None and stop.requested and ran < plan.n_patches:
                 assert stop.signum is not None
                 raise Interrupted(stop.signum, done, plan.owned_kept)
+
+
+def heap_trimmer(job: BlockJob, baseline: int) -> _malloc.HeapTrimmer:
+    """The block's heap trimmer: its slack, and the run budget above ``baseline`` as a limit.
+
+    The trimmer sees RSS only after each batch; inside the next one the forward can
+    fault in up to a batch's buffers afresh (after a trim, or where the heap's free
+    space is too fragmented to recycle them), so the limit sits that far below the
+    budget (at least one slack). The dense engine, bounded by nothing, gets no limit.
+    """
+    slack = _malloc.default_slack() if job.heap_slack is None else job.heap_slack
+    if job.config.engine is not Engine.STREAMING:
+        return _malloc.HeapTrimmer(slack)
+    headroom = max(slack, job.batch_bytes)
+    return _malloc.HeapTrimmer(slack, limit=baseline + job.config.budget - headroom)
 
 
 def _fit_read_cache(

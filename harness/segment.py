@@ -34,7 +34,7 @@ from harness.identity import provenance, run_identity, slide_source
 from harness.inference import ModelOutputError, load, prepare
 from harness.interrupt import StopRequest, stop_on_signals
 from harness.mask import resolve_mask
-from harness.measure.runner import write_baseline
+from harness.measure.runner import current_rss_bytes, write_baseline
 from harness.output.session import OutputSession, StoreSpec, open_for_run
 from harness.plan import PlanConfig, output_shape
 
@@ -130,7 +130,8 @@ def segment(
     run = _run_config(model, config, run, options)
     _check_environment()
     opened = _open(slide, model, run)
-    write_baseline()  # for a measuring parent: RSS after imports and model load
+    # The RSS the budget sits above (after imports and model load), also for a measuring parent.
+    baseline = write_baseline() or current_rss_bytes()
     t_plan = time.time()
     session, job, split = _own_output(opened, run, Path(out), distributed=client is not None)
     if session.already_complete:
@@ -138,7 +139,7 @@ def segment(
     t_inf = time.time()
     try:
         with _signals(stop) as stop:
-            blocks, workers = _run_blocks(client, job, session, stop, opened, run)
+            blocks, workers = _run_blocks(client, job, session, stop, opened, run, baseline)
         t_fin = time.time()
         result = _result(str(out), opened, run, split, blocks, workers, session,
                          (t0, t_plan, t_inf, t_fin, time.time()))  # fmt: skip
@@ -157,8 +158,13 @@ def _run_blocks(
     stop: StopRequest,
     opened: _Opened,
     run: RunConfig,
+    baseline: int,
 ) -> tuple[list[BlockResult], dict[str, Any]]:
-    """The output's blocks on ``client``'s cluster, or here as one block; progress on a bar."""
+    """The output's blocks on ``client``'s cluster, or here as one block; progress on a bar.
+
+    Here the block's heap limit sits ``run.budget`` above ``baseline``; a cluster's
+    workers take their own baselines.
+    """
     bar = _bar(run, opened.total_patches)
     if client is not None:
         from harness.distributed import run_on_client
@@ -167,7 +173,7 @@ def _run_blocks(
     with bar:
         model_pair = (opened.spec, opened.channels)
         block = run_block(job, slide=opened.slide, model=model_pair, on_patches=bar.update,
-                          stop=stop)  # fmt: skip
+                          stop=stop, baseline=baseline)  # fmt: skip
     return [block], {}
 
 
@@ -247,8 +253,8 @@ def _own_output(
     session = open_for_run(out, spec, identity, overwrite=run.overwrite, resume=run.resume,
                            run_id=run_id, spill=spill)  # fmt: skip
     source = opened.source or ""
-    job = BlockJob(effective, source, str(out), None, opened.mask,
-                   split.merge, run_id, split.cache_bytes, split.heap_slack)  # fmt: skip
+    job = BlockJob(effective, source, str(out), None, opened.mask, split.merge, run_id,
+                   split.cache_bytes, split.heap_slack, batch_bytes=split.batch)  # fmt: skip
     return session, job, split
 
 

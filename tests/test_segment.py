@@ -280,6 +280,35 @@ def test_heap_trimmer_trims_only_when_rss_grows_past_the_slack(
         HeapTrimmer()
 
 
+def test_heap_trimmer_trims_past_its_limit_and_steps_aside_for_live_memory() -> None:
+    from harness._malloc import HeapTrimmer, _libc, configure
+    from harness.measure import current_rss_bytes
+
+    assert configure()
+    libc = _libc()
+    libc.malloc_trim(0)
+    start = current_rss_bytes()
+    # A slack the reference rule never reaches here: only the limit can trim.
+    trimmer = HeapTrimmer(slack=64 << 20, settle=2, limit=start + (16 << 20))
+    for _ in range(3):
+        trimmer.tick()
+    assert trimmer.trims == 0
+    freed = np.ones(24 << 20, np.uint8)  # heap pages, touched, then free but resident
+    del freed
+    assert current_rss_bytes() - start >= 20 << 20
+    trimmer.tick()  # over the limit with nothing live: the free heap goes back
+    assert (trimmer.trims, trimmer.limit_trims) == (1, 1)
+    assert current_rss_bytes() < start + (8 << 20)
+    assert trimmer.over_limit == 0 and trimmer.limit == start + (16 << 20)
+    live = np.ones(24 << 20, np.uint8)  # live memory over the limit: a trim returns nothing
+    trimmer.tick()
+    assert trimmer.limit_trims == 2 and trimmer.over_limit >= start + (20 << 20)
+    assert trimmer.limit is not None and trimmer.limit >= trimmer.over_limit + (64 << 20)
+    trimmer.tick()  # the limit moved up past it: no trim every batch for nothing
+    assert trimmer.limit_trims == 2
+    del live
+
+
 @pytest.mark.parametrize(
     "pre",
     [
