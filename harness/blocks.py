@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +90,7 @@ class BlockResult:
     host: str
     peak_rss_bytes: int  # this process's kernel peak (ru_maxrss) when the block ended
     progress_writes: int
+    heap: dict[str, int] = field(default_factory=dict)  # the trimmer's record: heap_record
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record."""
@@ -140,6 +141,7 @@ def run_block(
     key = job.region.key if job.region is not None else "all"
     progress = ProgressRecord(store.path, key, store.grid[0] * store.grid[1])
     trimmer = heap_trimmer(job, baseline)
+    limit = trimmer.limit
     stats = _merge_block(spec, channels, slide, plan, store, progress, job, on_patches, stop,
                          cache, trimmer)  # fmt: skip
     return BlockResult(
@@ -149,6 +151,7 @@ def run_block(
         peak_live_bytes=stats.peak_live_bytes, spill_bytes=stats.spill_bytes,
         reload_bytes=stats.reload_bytes, wall_s=time.time() - t0, pid=os.getpid(),
         host=socket.gethostname(), peak_rss_bytes=_peak_rss(), progress_writes=progress.writes,
+        heap=heap_record(trimmer, limit),
     )  # fmt: skip
 
 
@@ -228,6 +231,14 @@ def heap_trimmer(job: BlockJob, baseline: int) -> _malloc.HeapTrimmer:
         return _malloc.HeapTrimmer(slack)
     headroom = max(slack, job.batch_bytes)
     return _malloc.HeapTrimmer(slack, limit=baseline + job.config.budget - headroom)
+
+
+def heap_record(trimmer: _malloc.HeapTrimmer, limit: int | None) -> dict[str, int]:
+    """What the trimmer did: ``trims``, ``budget_trims`` (for the limit ``limit``), and
+    ``live_over_limit_bytes``, how far live memory (what no trim returned) rose past it."""
+    over = trimmer.over_limit - limit if limit is not None and trimmer.over_limit else 0
+    return {"trims": trimmer.trims, "budget_trims": trimmer.limit_trims,
+            "live_over_limit_bytes": max(0, over)}  # fmt: skip
 
 
 def _fit_read_cache(

@@ -77,6 +77,7 @@ class SegmentResult:
     budget: dict[str, Any] = field(default_factory=dict)
     blocks: list[dict[str, Any]] = field(default_factory=list)
     workers: dict[str, Any] = field(default_factory=dict)
+    heap: dict[str, int] = field(default_factory=dict)  # the heap trimmer's record, summed
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record."""
@@ -311,7 +312,16 @@ def _result(
         phases={"plan": (t_plan, t_inf), "inference": (t_inf, t_fin), "finalise": (t_fin, t1)},
         patches_done=_patches_done(blocks), resumed=session.resumed, budget=split.to_dict(),
         blocks=[b.to_dict() for b in blocks] if len(blocks) > 1 else [], workers=workers,
+        heap=_heap(blocks),
     )  # fmt: skip
+
+
+def _heap(blocks: list[BlockResult]) -> dict[str, int]:
+    """The blocks' trimmer records: trims summed, live memory over the limit at its highest."""
+    over = max((b.heap.get("live_over_limit_bytes", 0) for b in blocks), default=0)
+    return {"trims": sum(b.heap.get("trims", 0) for b in blocks),
+            "budget_trims": sum(b.heap.get("budget_trims", 0) for b in blocks),
+            "live_over_limit_bytes": over}  # fmt: skip
 
 
 def _patches_done(blocks: list[BlockResult]) -> int:

@@ -307,6 +307,24 @@ def test_heap_trimmer_trims_past_its_limit_and_steps_aside_for_live_memory() -> 
     trimmer.tick()  # the limit moved up past it: no trim every batch for nothing
     assert trimmer.limit_trims == 2
     del live
+    # The run's record says so, and the command line warns
+    from harness.blocks import heap_record
+    from harness.cli.segment import _heap_notes
+
+    record = heap_record(trimmer, start + (16 << 20))
+    assert record["trims"] == record["budget_trims"] == 2
+    assert record["live_over_limit_bytes"] >= 4 << 20
+    (note,) = _heap_notes(record)
+    assert "past the budget's heap limit: raise --budget" in note
+    assert _heap_notes({"trims": 3, "budget_trims": 1, "live_over_limit_bytes": 0}) == []
+
+
+def test_segment_records_what_the_heap_trimmer_did(tmp_path: Path) -> None:
+    result = _run("synthetic:512", tmp_path / "o.zarr")
+    heap = result.to_dict()["heap"]
+    assert set(heap) == {"trims", "budget_trims", "live_over_limit_bytes"}
+    assert heap["trims"] >= heap["budget_trims"] >= 0
+    assert heap["live_over_limit_bytes"] == 0  # the default budget holds this run easily
 
 
 @pytest.mark.parametrize(

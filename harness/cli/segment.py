@@ -119,12 +119,22 @@ def _describe(result: Any) -> str:
         f"spilled {format_bytes(result.spill_bytes)}"
     )
     resumed = f", resumed: {result.patches_done} patches already done" if result.resumed else ""
-    notes = "; ".join(result.budget.get("notes", ()))
+    notes = "; ".join((*result.budget.get("notes", ()), *_heap_notes(result.heap)))
     return (
         f"{result.output}: {result.patches} patches, {result.chunks_written} chunks in "
         f"{result.wall_s:.1f} s ({result.megapixels_per_s:.1f} Mpx/s){resumed}; {memory}"
         + (f"; {notes}" if notes else "")
     )
+
+
+def _heap_notes(heap: dict[str, int]) -> list[str]:
+    """A warning where live memory, which no trim returns, rose past the budget's heap limit.
+
+    How often the trimmer trimmed to hold the budget is in ``--json`` (``heap``) only.
+    """
+    over = heap.get("live_over_limit_bytes", 0)
+    return [f"live memory rose {format_bytes(over)} past the budget's heap limit: raise --budget"
+            ] if over else []  # fmt: skip
 
 
 def run_compare(args: argparse.Namespace) -> int:
