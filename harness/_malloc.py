@@ -136,6 +136,7 @@ class HeapTrimmer:
             raise ValueError(f"settle must be >= 1 tick, got {settle}")
         self.slack, self.settle, self.trims = slack, settle, 0
         self.limit, self.limit_trims, self.over_limit = limit, 0, 0
+        self._budget_limit = limit  # as given: ``limit`` steps up past live memory
         self.reference: int | None = None  # highest RSS of the settling ticks so far
         self.ceiling: int | None = None  # while settling: the RSS that caused the last trim
         self._settling = settle
@@ -164,6 +165,15 @@ class HeapTrimmer:
         libc.malloc_trim(0)
         self.trims += 1
         self.reference, self.ceiling, self._settling = None, rss, self.settle
+
+    def record(self) -> dict[str, int]:
+        """What the trimmer did: ``trims``, ``budget_trims`` (for the limit), and
+        ``live_over_limit_bytes``, how far live memory (what no trim returned) rose past
+        the limit as given."""
+        given = self._budget_limit
+        over = self.over_limit - given if given is not None and self.over_limit else 0
+        return {"trims": self.trims, "budget_trims": self.limit_trims,
+                "live_over_limit_bytes": max(0, over)}  # fmt: skip
 
     def _trim_to_limit(self, libc: Any, rss: int) -> None:
         self._trim(libc, rss)

@@ -90,7 +90,7 @@ class BlockResult:
     host: str
     peak_rss_bytes: int  # this process's kernel peak (ru_maxrss) when the block ended
     progress_writes: int
-    heap: dict[str, int] = field(default_factory=dict)  # the trimmer's record: heap_record
+    heap: dict[str, int] = field(default_factory=dict)  # HeapTrimmer.record()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record."""
@@ -141,7 +141,6 @@ def run_block(
     key = job.region.key if job.region is not None else "all"
     progress = ProgressRecord(store.path, key, store.grid[0] * store.grid[1])
     trimmer = heap_trimmer(job, baseline)
-    limit = trimmer.limit
     stats = _merge_block(spec, channels, slide, plan, store, progress, job, on_patches, stop,
                          cache, trimmer)  # fmt: skip
     return BlockResult(
@@ -151,15 +150,14 @@ def run_block(
         peak_live_bytes=stats.peak_live_bytes, spill_bytes=stats.spill_bytes,
         reload_bytes=stats.reload_bytes, wall_s=time.time() - t0, pid=os.getpid(),
         host=socket.gethostname(), peak_rss_bytes=_peak_rss(), progress_writes=progress.writes,
-        heap=heap_record(trimmer, limit),
+        heap=trimmer.record(),
     )  # fmt: skip
 
 
 def _merge_block(
     spec: ModelSpec, channels: int, slide: Slide, plan: Plan, store: ZarrStore,
     progress: ProgressRecord, job: BlockJob, on_patches: Callable[[int], object] | None,
-    stop: StopRequest | None, cache: int | None = None,
-    trimmer: _malloc.HeapTrimmer | None = None,
+    stop: StopRequest | None, cache: int | None, trimmer: _malloc.HeapTrimmer,
 ) -> MergeStats:  # fmt: skip
     """Every batch of the block through the model into the merger and the writer."""
     config = job.config
@@ -171,8 +169,8 @@ def _merge_block(
         else DenseMerger(plan, sink)
     )
     try:
-        _loop(spec, channels, slide, plan, merger, config, on_patches, stop,
-              trimmer or _malloc.HeapTrimmer(job.heap_slack), cache)  # fmt: skip
+        _loop(spec, channels, slide, plan, merger, config, on_patches, stop, trimmer,
+              cache)  # fmt: skip
         stats = merger.finish()
         sink.finish({})
     except BaseException:
@@ -231,14 +229,6 @@ def heap_trimmer(job: BlockJob, baseline: int) -> _malloc.HeapTrimmer:
         return _malloc.HeapTrimmer(slack)
     headroom = max(slack, job.batch_bytes)
     return _malloc.HeapTrimmer(slack, limit=baseline + job.config.budget - headroom)
-
-
-def heap_record(trimmer: _malloc.HeapTrimmer, limit: int | None) -> dict[str, int]:
-    """What the trimmer did: ``trims``, ``budget_trims`` (for the limit ``limit``), and
-    ``live_over_limit_bytes``, how far live memory (what no trim returned) rose past it."""
-    over = trimmer.over_limit - limit if limit is not None and trimmer.over_limit else 0
-    return {"trims": trimmer.trims, "budget_trims": trimmer.limit_trims,
-            "live_over_limit_bytes": max(0, over)}  # fmt: skip
 
 
 def _fit_read_cache(

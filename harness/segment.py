@@ -318,9 +318,9 @@ def _result(
 
 def _heap(blocks: list[BlockResult]) -> dict[str, int]:
     """The blocks' trimmer records: trims summed, live memory over the limit at its highest."""
-    over = max((b.heap.get("live_over_limit_bytes", 0) for b in blocks), default=0)
-    return {"trims": sum(b.heap.get("trims", 0) for b in blocks),
-            "budget_trims": sum(b.heap.get("budget_trims", 0) for b in blocks),
+    over = max((b.heap["live_over_limit_bytes"] for b in blocks), default=0)
+    return {"trims": sum(b.heap["trims"] for b in blocks),
+            "budget_trims": sum(b.heap["budget_trims"] for b in blocks),
             "live_over_limit_bytes": over}  # fmt: skip
 
 

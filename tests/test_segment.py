@@ -308,10 +308,9 @@ def test_heap_trimmer_trims_past_its_limit_and_steps_aside_for_live_memory() -> 
     assert trimmer.limit_trims == 2
     del live
     # The run's record says so, and the command line warns
-    from harness.blocks import heap_record
     from harness.cli.segment import _heap_notes
 
-    record = heap_record(trimmer, start + (16 << 20))
+    record = trimmer.record()
     assert record["trims"] == record["budget_trims"] == 2
     assert record["live_over_limit_bytes"] >= 4 << 20
     (note,) = _heap_notes(record)
