@@ -229,54 +229,25 @@ def assert_bounded(
 ) -> BoundedReport:
     """Run ``workload`` once per size, each in a fresh process; fail if its peak grows.
 
-    Parameters
-    ----------
-    workload
-        A command template -- an argv list or a shell-style string -- with a
-        ``{size}`` placeholder and optionally ``{out}`` (a fresh path per size
-        under ``out_dir/runs``, removed after the run) and ``{slide}``; or an
-        importable callable (a module-level function, picklable arguments)
-        called as ``workload(size)``, or ``workload(size, slide)`` when
-        ``slides`` is given; or its ``"module:callable"`` name.
-    sizes
-        Slide sides in pixels; at least two distinct. Make them differ a lot
-        (16x in area) or the slope proves little.
-    max_growth
-        Largest allowed relative growth of the whole-tree peak RSS from the
-        smallest to the largest size: ``"5%"`` or ``0.05``.
-    name
-        Label of the workload in the table, the plot and file names.
-    out_dir
-        Where ``bounded.json``, ``bounded.png`` and ``{out}`` paths go;
-        default a new temporary folder, kept so the plot can be looked at.
-    timeout_s
-        Kill a run (its whole process group) after this many seconds.
-    period_s
-        RSS sampling period of each run.
-    env
-        Extra environment variables for command workloads.
-    slides
-        The slide of each size, as a path or spec: a mapping, or a function
-        of the size such as the ``wsi_tiff`` fixture (``slides=wsi_tiff``).
-        It is called before each run, in this process, so writing a slide is
-        never part of the measurement.
-    keep_outputs
-        Keep each size's ``{out}``.
-    plot
-        Draw ``bounded.png`` (matplotlib).
+    ``workload``: a command template (argv list or shell-style string) with
+    ``{size}`` and optionally ``{out}`` (a fresh path per size under
+    ``out_dir/runs``, removed after the run) and ``{slide}``; or an importable
+    module-level callable (picklable arguments), called as ``workload(size)``,
+    or ``workload(size, slide)`` with ``slides``; or its ``"module:callable"``.
+    ``sizes``: at least two distinct slide sides in pixels, far apart (16x in
+    area). ``max_growth``: the largest relative growth of the whole-tree peak RSS
+    from the smallest to the largest size (``"5%"`` or ``0.05``). ``slides``: each
+    size's slide path or spec, a mapping or a function of the size such as the
+    ``wsi_tiff`` fixture, made in this process before each run. ``name`` labels
+    the table, plot and files written to ``out_dir`` (default: a new temporary
+    folder, kept); ``timeout_s`` kills a run's process group; ``period_s`` is the
+    RSS sampling period; ``env`` adds variables for command workloads;
+    ``keep_outputs`` keeps each ``{out}``; ``plot`` draws ``bounded.png``.
+    Reference: docs/gate-your-engine.md.
 
-    Returns
-    -------
-    BoundedReport
-        When the growth is within ``max_growth``.
-
-    Raises
-    ------
-    AssertionError
-        A run failed, or the peak grew more than ``max_growth``; the message
-        holds the table and the plot path.
-    ConfigError
-        An argument is invalid (fewer than two sizes, no ``{size}``, ...).
+    Returns the :class:`BoundedReport` when the growth is within ``max_growth``.
+    Raises ``AssertionError`` (with the table and the plot path) when a run fails
+    or the peak grows more, and ``ConfigError`` for an invalid argument.
     """
     resolved = _checked(workload, env, slides)
     study = _study(sizes, max_growth, name, out_dir, timeout_s, period_s, keep_outputs)
